@@ -1,0 +1,314 @@
+//! `holdfast`: the one binary. `serve` runs a node; every other command is a
+//! client of a node's HTTP API, except `demo`, which runs a local cluster of
+//! `serve` processes.
+
+mod client;
+mod demo;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "holdfast",
+    version,
+    about = "A highly available website platform on two to five hosts"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+/// How a client command reaches a node.
+#[derive(Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// The node's API address.
+    #[arg(long, env = "HOLDFAST_API", default_value = "127.0.0.1:7380")]
+    api: String,
+    /// A file holding the cluster admin token (DIR/admin.token on any node).
+    #[arg(long)]
+    admin_token_file: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run a node: bootstrap a cluster, join one, or restart from --data.
+    Serve {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+        /// Peer (QUIC) address, which other nodes dial.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// HTTP API address.
+        #[arg(long)]
+        api: Option<SocketAddr>,
+        #[arg(long, conflicts_with = "join")]
+        bootstrap: bool,
+        /// Peer address of a member to join through.
+        #[arg(long, requires = "token")]
+        join: Option<SocketAddr>,
+        #[arg(long, requires = "join")]
+        token: Option<String>,
+        /// voter, learner or witness.
+        #[arg(long, default_value = "voter", requires = "join")]
+        role: holdfast_core::meta::Role,
+    },
+    /// Join tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: TokenCmd,
+    },
+    /// Show the cluster.
+    Status {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Cluster members.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+    },
+    /// Run a local cluster of real node processes until Ctrl-C.
+    Demo {
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
+        nodes: u8,
+        /// Where the nodes keep their data (default: a new temporary folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Diagnosis tools.
+    #[command(hide = true)]
+    Debug {
+        #[command(subcommand)]
+        cmd: DebugCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCmd {
+    /// Print a new join token.
+    Create {
+        /// How long the token stays valid (e.g. 30m, 1h, 2d).
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// How many joins it allows.
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NodeCmd {
+    /// Remove a member and revoke its certificate.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DebugCmd {
+    /// Connect to a node's peer port with the identity in --data (or none),
+    /// without checking the server, and ping it. Shows whether it admits us.
+    Probe {
+        #[arg(long)]
+        peer: SocketAddr,
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            // One line: the first line of clap's message.
+            let msg = e.to_string();
+            let first = msg
+                .lines()
+                .next()
+                .unwrap_or("bad arguments")
+                .trim_start_matches("error: ");
+            eprintln!("holdfast: {first} (see holdfast --help)");
+            return ExitCode::from(2);
+        }
+    };
+    let serving = matches!(cli.cmd, Cmd::Serve { .. });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        if serving {
+            "info".into()
+        } else {
+            "warn".into()
+        }
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match run(cli.cmd) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("holdfast: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<()> {
+    match cmd {
+        Cmd::Serve {
+            data,
+            name,
+            listen,
+            api,
+            bootstrap,
+            join,
+            token,
+            role,
+        } => {
+            let opts = holdfast_node::ServeOptions {
+                data,
+                name,
+                listen,
+                api,
+                bootstrap,
+                join,
+                token,
+                role,
+            };
+            runtime()?.block_on(async {
+                let stop = async {
+                    let mut term = match tokio::signal::unix::signal(
+                        tokio::signal::unix::SignalKind::terminate(),
+                    ) {
+                        Ok(s) => s,
+                        Err(_) => return std::future::pending().await,
+                    };
+                    tokio::select! {
+                        _ = tokio::signal::ctrl_c() => {}
+                        _ = term.recv() => {}
+                    }
+                };
+                holdfast_node::serve(opts, stop).await
+            })?;
+            Ok(())
+        }
+        Cmd::Token {
+            cmd: TokenCmd::Create { ttl, uses, api },
+        } => {
+            let c = client::Client::new(&api)?;
+            let body = serde_json::json!({ "ttl_s": ttl.as_secs().max(1), "uses": uses });
+            let created: holdfast_node::api::TokenCreated = c.post("/api/v1/tokens", &body)?;
+            println!("{}", created.token);
+            Ok(())
+        }
+        Cmd::Status { json, api } => {
+            let c = client::Client::new(&api)?;
+            let st: holdfast_node::api::ClusterStatus = c.get("/api/v1/cluster")?;
+            if json {
+                println!("{}", serde_json::to_string(&st)?);
+            } else {
+                println!(
+                    "cluster {}  term {}  leader {}",
+                    st.cluster_id,
+                    st.term,
+                    st.leader.as_deref().unwrap_or("(none)")
+                );
+                println!(
+                    "{:<16} {:<8} {:<8} {:<22} {:<22}",
+                    "NODE", "ROLE", "HEALTH", "PEER", "API"
+                );
+                for n in &st.nodes {
+                    let lead = if Some(&n.name) == st.leader.as_ref() {
+                        "*"
+                    } else {
+                        ""
+                    };
+                    println!(
+                        "{:<16} {:<8} {:<8} {:<22} {:<22}",
+                        format!("{}{lead}", n.name),
+                        n.role,
+                        if n.healthy { "healthy" } else { "DOWN" },
+                        n.peer_addr,
+                        n.api_addr
+                    );
+                }
+            }
+            Ok(())
+        }
+        Cmd::Node {
+            cmd: NodeCmd::Remove { name, api },
+        } => {
+            let c = client::Client::new(&api)?;
+            let _: serde_json::Value = c.delete(&format!("/api/v1/nodes/{name}"))?;
+            println!("removed {name}");
+            Ok(())
+        }
+        Cmd::Demo { nodes, dir } => demo::run(nodes, dir),
+        Cmd::Debug {
+            cmd: DebugCmd::Probe { peer, data },
+        } => {
+            let identity = match &data {
+                Some(d) => {
+                    let dd = holdfast_node::disk::DataDir::new(d);
+                    Some(holdfast_transport::Identity::from_pem(
+                        &dd.read_text(&dd.tls("ca.crt"))?,
+                        &dd.read_text(&dd.tls("node.crt"))?,
+                        &dd.read_text(&dd.tls("node.key"))?,
+                    )?)
+                }
+                None => None,
+            };
+            let ping = holdfast_core::wire::encode(&holdfast_core::wire::PeerMsg::Ping);
+            let reply =
+                runtime()?.block_on(holdfast_transport::probe(peer, identity.as_ref(), ping))?;
+            match holdfast_core::wire::decode::<holdfast_core::wire::PeerMsg>(&reply, 1024) {
+                Ok(holdfast_core::wire::PeerMsg::Ping) => {
+                    println!("admitted");
+                    Ok(())
+                }
+                _ => match holdfast_core::wire::decode::<holdfast_core::wire::JoinReply>(
+                    &reply,
+                    1 << 16,
+                ) {
+                    Ok(holdfast_core::wire::JoinReply::Refused { reason }) => {
+                        anyhow::bail!("refused: {reason}")
+                    }
+                    _ => anyhow::bail!("refused: unexpected reply"),
+                },
+            }
+        }
+    }
+}

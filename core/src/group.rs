@@ -1,0 +1,676 @@
+//! A Raft consensus group driven as a sans-I/O state machine.
+//!
+//! [`RaftGroup`] wraps raft-rs's `RawNode` over a log kept in a storage
+//! [`Engine`], and a [`StateMachine`] that applies committed entries. It is
+//! driven from outside: [`RaftGroup::tick`], [`RaftGroup::step`] and the
+//! `propose*` calls feed it; [`RaftGroup::take_outputs`] says what to send.
+//! It has no sockets, no threads and no clock, and all of its randomness
+//! comes from a seeded generator, so a simulation replays it exactly.
+//!
+//! Invariant: an entry is appended and the hard state saved with a synced
+//! write *before* any message that depends on them leaves (raft-rs's
+//! "persisted messages").
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use holdfast_storage::{Batch, Engine, StorageError};
+use protobuf::Message as _;
+use raft::prelude::*;
+use raft::{GetEntriesContext, RawNode, StateRole};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::limits;
+
+/// Errors of a consensus group.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupError {
+    /// The store failed. Local; the group must stop (it may have lost track
+    /// of what it promised), unless the error is retryable (a full disk).
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A stored record failed to decode: local corruption, the node stops.
+    #[error("corrupt raft state: {0}")]
+    Corrupt(String),
+    /// raft-rs refused the operation (for example a proposal while there is
+    /// no leader). The caller may retry.
+    #[error("raft: {0}")]
+    Raft(#[from] raft::Error),
+}
+
+/// What a group needs from the state machine it replicates.
+pub trait StateMachine {
+    /// What applying an entry reports to the driver.
+    type Event;
+    /// Applies a committed normal entry. Writes go into `batch`, which is
+    /// written atomically with the new applied index. Must be deterministic.
+    fn apply(&mut self, index: u64, data: &[u8], batch: &mut Batch);
+    /// Decides whether a committed membership change takes effect. Must be
+    /// deterministic. When it returns `true` the group applies it to Raft.
+    fn check_conf_change(&mut self, index: u64, cc: &ConfChange, batch: &mut Batch) -> bool;
+    /// The state as bytes, for a snapshot.
+    fn snapshot(&self) -> Vec<u8>;
+    /// Replaces the state with a snapshot's.
+    fn restore(&mut self, data: &[u8], batch: &mut Batch) -> Result<(), String>;
+    /// Events produced since the last call.
+    fn take_events(&mut self) -> Vec<Self::Event>;
+}
+
+/// What the driver must do after feeding the group.
+#[derive(Debug)]
+pub enum Output<E> {
+    /// Send this Raft message to its `to` node.
+    Send(Message),
+    /// A state-machine event.
+    Event(E),
+}
+
+/// A summary of the group for status reporting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub id: u64,
+    pub term: u64,
+    pub leader: Option<u64>,
+    pub role: StateRole,
+    pub commit: u64,
+    pub applied: u64,
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+}
+
+fn key(prefix: &[u8], suffix: &[u8]) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    k.extend_from_slice(suffix);
+    k
+}
+
+fn log_key(prefix: &[u8], index: u64) -> Vec<u8> {
+    let mut k = key(prefix, b"log/");
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> GroupError {
+    GroupError::Corrupt(format!("{what}: {e}"))
+}
+
+/// The Raft log and hard state of one group, kept in an [`Engine`] under
+/// `r/<group>/`. Implements raft-rs's `Storage`.
+#[derive(Debug)]
+pub struct LogStore {
+    engine: Arc<dyn Engine>,
+    prefix: Vec<u8>,
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last entry folded into the state machine and
+    /// dropped from the log.
+    snap_index: u64,
+    snap_term: u64,
+    last_index: u64,
+    /// The state machine at `applied`, served to followers that are too
+    /// far behind for the log.
+    sm_snapshot: (u64, Vec<u8>),
+}
+
+impl LogStore {
+    fn open(engine: Arc<dyn Engine>, group: u64) -> Result<Self, GroupError> {
+        let mut prefix = b"r/".to_vec();
+        prefix.extend_from_slice(&group.to_be_bytes());
+        prefix.push(b'/');
+        let mut hard_state = HardState::default();
+        if let Some(b) = engine.get(&key(&prefix, b"hs"))? {
+            hard_state = HardState::parse_from_bytes(&b).map_err(|e| corrupt("hard state", e))?;
+        }
+        let mut conf_state = ConfState::default();
+        if let Some(b) = engine.get(&key(&prefix, b"cs"))? {
+            conf_state = ConfState::parse_from_bytes(&b).map_err(|e| corrupt("conf state", e))?;
+        }
+        let (mut snap_index, mut snap_term) = (0, 0);
+        if let Some(b) = engine.get(&key(&prefix, b"snap"))? {
+            if b.len() != 16 {
+                return Err(corrupt("snapshot mark", format!("{} bytes", b.len())));
+            }
+            snap_index = u64::from_be_bytes(b[..8].try_into().unwrap_or_default());
+            snap_term = u64::from_be_bytes(b[8..].try_into().unwrap_or_default());
+        }
+        let mut last_index = snap_index;
+        let start = log_key(&prefix, 0);
+        let end = log_key(&prefix, u64::MAX);
+        // Find the last entry: scan is forward-only, so walk the (short,
+        // compacted) log once at open.
+        engine.scan(&start, &end, &mut |k, _| {
+            if let Ok(b) = <[u8; 8]>::try_from(&k[k.len() - 8..]) {
+                last_index = u64::from_be_bytes(b);
+            }
+            true
+        })?;
+        if last_index < snap_index {
+            return Err(corrupt(
+                "log",
+                format!("last index {last_index} below snapshot {snap_index}"),
+            ));
+        }
+        Ok(Self {
+            engine,
+            prefix,
+            hard_state,
+            conf_state,
+            snap_index,
+            snap_term,
+            last_index,
+            sm_snapshot: (0, Vec::new()),
+        })
+    }
+
+    fn first(&self) -> u64 {
+        self.snap_index + 1
+    }
+
+    fn read_entry(&self, index: u64) -> raft::Result<Entry> {
+        let b = self
+            .engine
+            .get(&log_key(&self.prefix, index))
+            .map_err(|e| raft::Error::Store(raft::StorageError::Other(Box::new(e))))?
+            .ok_or(raft::Error::Store(raft::StorageError::Unavailable))?;
+        Entry::parse_from_bytes(&b).map_err(raft::Error::CodecError)
+    }
+
+    /// Adds entries to `batch`, replacing any conflicting tail.
+    fn append(&mut self, entries: &[Entry], batch: &mut Batch) -> Result<(), GroupError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        if first.index <= self.snap_index {
+            return Err(corrupt(
+                "append",
+                format!(
+                    "entry {} is before the snapshot {}",
+                    first.index, self.snap_index
+                ),
+            ));
+        }
+        if first.index <= self.last_index {
+            batch.delete_range(
+                log_key(&self.prefix, first.index),
+                log_key(&self.prefix, self.last_index + 1),
+            );
+        }
+        for e in entries {
+            let bytes = e.write_to_bytes().map_err(|e| corrupt("entry encode", e))?;
+            batch.put(log_key(&self.prefix, e.index), bytes);
+        }
+        self.last_index = entries.last().map(|e| e.index).unwrap_or(self.last_index);
+        Ok(())
+    }
+
+    fn set_hard_state(&mut self, hs: &HardState, batch: &mut Batch) -> Result<(), GroupError> {
+        self.hard_state = hs.clone();
+        batch.put(
+            key(&self.prefix, b"hs"),
+            hs.write_to_bytes()
+                .map_err(|e| corrupt("hard state encode", e))?,
+        );
+        Ok(())
+    }
+
+    fn set_conf_state(&mut self, cs: &ConfState, batch: &mut Batch) -> Result<(), GroupError> {
+        self.conf_state = cs.clone();
+        batch.put(
+            key(&self.prefix, b"cs"),
+            cs.write_to_bytes()
+                .map_err(|e| corrupt("conf state encode", e))?,
+        );
+        Ok(())
+    }
+
+    fn set_snap_mark(&mut self, index: u64, term: u64, batch: &mut Batch) {
+        self.snap_index = index;
+        self.snap_term = term;
+        let mut v = index.to_be_bytes().to_vec();
+        v.extend_from_slice(&term.to_be_bytes());
+        batch.put(key(&self.prefix, b"snap"), v);
+    }
+
+    /// Drops log entries up to and including `index` (which must be applied).
+    fn compact(&mut self, index: u64, batch: &mut Batch) -> Result<(), GroupError> {
+        if index <= self.snap_index {
+            return Ok(());
+        }
+        let term = raft::Storage::term(self, index)?;
+        batch.delete_range(log_key(&self.prefix, 0), log_key(&self.prefix, index + 1));
+        self.set_snap_mark(index, term, batch);
+        Ok(())
+    }
+
+    /// Installs a snapshot received from the leader: the whole log goes.
+    fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMetadata,
+        batch: &mut Batch,
+    ) -> Result<(), GroupError> {
+        batch.delete_range(log_key(&self.prefix, 0), log_key(&self.prefix, u64::MAX));
+        self.set_snap_mark(meta.index, meta.term, batch);
+        self.last_index = meta.index;
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = hs.commit.max(meta.index);
+        self.set_hard_state(&hs, batch)?;
+        self.set_conf_state(meta.get_conf_state(), batch)
+    }
+}
+
+impl raft::Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<raft::RaftState> {
+        Ok(raft::RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _ctx: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low < self.first() {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if high > self.last_index + 1 {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        let max = max_size.into().unwrap_or(u64::MAX);
+        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
+        let mut size = 0u64;
+        let mut err = None;
+        self.engine
+            .scan(
+                &log_key(&self.prefix, low),
+                &log_key(&self.prefix, high),
+                &mut |_, v| match Entry::parse_from_bytes(v) {
+                    Ok(e) => {
+                        size += v.len() as u64;
+                        // Always return at least one entry, as raft-rs requires.
+                        if !out.is_empty() && size > max {
+                            return false;
+                        }
+                        out.push(e);
+                        true
+                    }
+                    Err(e) => {
+                        err = Some(e);
+                        false
+                    }
+                },
+            )
+            .map_err(|e| raft::Error::Store(raft::StorageError::Other(Box::new(e))))?;
+        if let Some(e) = err {
+            return Err(raft::Error::CodecError(e));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.snap_index {
+            return Ok(self.snap_term);
+        }
+        if idx < self.first() {
+            return Err(raft::Error::Store(raft::StorageError::Compacted));
+        }
+        if idx > self.last_index {
+            return Err(raft::Error::Store(raft::StorageError::Unavailable));
+        }
+        Ok(self.read_entry(idx)?.term)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.first())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let (index, data) = &self.sm_snapshot;
+        if *index < request_index || *index == 0 {
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let mut snap = Snapshot::default();
+        snap.data = data.clone().into();
+        let meta = snap.mut_metadata();
+        meta.index = *index;
+        meta.term = self.term(*index)?;
+        meta.set_conf_state(self.conf_state.clone());
+        Ok(snap)
+    }
+}
+
+/// A slog drain that forwards raft-rs's log lines to `tracing`.
+struct TracingDrain;
+
+impl slog::Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+    fn log(
+        &self,
+        record: &slog::Record<'_>,
+        _values: &slog::OwnedKVList,
+    ) -> Result<(), slog::Never> {
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{}", record.msg())
+            }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
+            slog::Level::Info => tracing::debug!(target: "raft", "{}", record.msg()),
+            _ => tracing::trace!(target: "raft", "{}", record.msg()),
+        }
+        Ok(())
+    }
+}
+
+/// One consensus group: raft-rs plus the state machine it replicates.
+pub struct RaftGroup<S: StateMachine> {
+    raw: RawNode<LogStore>,
+    sm: S,
+    engine: Arc<dyn Engine>,
+    prefix: Vec<u8>,
+    applied: u64,
+    rng: ChaCha8Rng,
+    last_role: (u64, StateRole),
+    outputs: VecDeque<Output<S::Event>>,
+}
+
+impl<S: StateMachine> std::fmt::Debug for RaftGroup<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftGroup")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+/// Writes the first state of a brand-new group: a snapshot mark at index 1
+/// with `voters` as the configuration, together with `sm_batch`, the state
+/// machine's first state. Every member that joins later receives this state
+/// as a snapshot.
+pub fn bootstrap(
+    engine: Arc<dyn Engine>,
+    group: u64,
+    voters: &[u64],
+    sm_batch: Batch,
+) -> Result<(), GroupError> {
+    let mut store = LogStore::open(engine.clone(), group)?;
+    if store.last_index != 0 || store.hard_state.term != 0 {
+        return Err(corrupt("bootstrap", "the group already has state"));
+    }
+    let mut batch = sm_batch;
+    store.set_snap_mark(1, 1, &mut batch);
+    let hs = HardState {
+        term: 1,
+        vote: 0,
+        commit: 1,
+        ..Default::default()
+    };
+    store.set_hard_state(&hs, &mut batch)?;
+    let cs = ConfState {
+        voters: voters.to_vec(),
+        ..Default::default()
+    };
+    store.set_conf_state(&cs, &mut batch)?;
+    batch.put(key(&store.prefix, b"applied"), 1u64.to_be_bytes().to_vec());
+    engine.write(batch, true)?;
+    Ok(())
+}
+
+impl<S: StateMachine> RaftGroup<S> {
+    /// Opens group `group` as node `id` from `engine`. `sm` must already be
+    /// loaded from the same engine. `seed` drives election timeouts.
+    pub fn open(
+        id: u64,
+        group: u64,
+        engine: Arc<dyn Engine>,
+        sm: S,
+        seed: u64,
+    ) -> Result<Self, GroupError> {
+        let mut store = LogStore::open(engine.clone(), group)?;
+        let prefix = store.prefix.clone();
+        let applied = match engine.get(&key(&prefix, b"applied"))? {
+            Some(b) => u64::from_be_bytes(
+                b.as_slice()
+                    .try_into()
+                    .map_err(|_| corrupt("applied index", "bad length"))?,
+            ),
+            None => 0,
+        };
+        if applied > store.hard_state.commit.max(store.snap_index) {
+            return Err(corrupt(
+                "applied index",
+                format!("{applied} is beyond commit {}", store.hard_state.commit),
+            ));
+        }
+        if applied > 0 {
+            store.sm_snapshot = (applied, sm.snapshot());
+        }
+        let cfg = raft::Config {
+            id,
+            election_tick: limits::ELECTION_TICKS,
+            heartbeat_tick: limits::HEARTBEAT_TICKS,
+            applied,
+            max_size_per_msg: limits::RAFT_MSG_BYTES_MAX,
+            max_inflight_msgs: limits::RAFT_INFLIGHT_MSGS_MAX,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        let logger = slog::Logger::root(TracingDrain, slog::o!());
+        let raw = RawNode::new(&cfg, store, &logger)?;
+        let mut g = Self {
+            raw,
+            sm,
+            engine,
+            prefix,
+            applied,
+            rng: ChaCha8Rng::seed_from_u64(seed ^ id.rotate_left(17)),
+            last_role: (0, StateRole::Follower),
+            outputs: VecDeque::new(),
+        };
+        g.rerandomize_timeout();
+        Ok(g)
+    }
+
+    /// raft-rs draws election timeouts from the thread RNG; we overwrite
+    /// them from our seeded one whenever raft-rs may have drawn a new one
+    /// (on a change of term or role), so that runs are reproducible.
+    fn rerandomize_timeout(&mut self) {
+        let now = (self.raw.raft.term, self.raw.raft.state);
+        if now != self.last_role || self.last_role.0 == 0 {
+            let t = self
+                .rng
+                .gen_range(limits::ELECTION_TICKS..2 * limits::ELECTION_TICKS);
+            self.raw.raft.set_randomized_election_timeout(t);
+            self.last_role = now;
+        }
+    }
+
+    pub fn id(&self) -> u64 {
+        self.raw.raft.id
+    }
+
+    pub fn state_machine(&self) -> &S {
+        &self.sm
+    }
+
+    pub fn status(&self) -> GroupStatus {
+        let r = &self.raw.raft;
+        let cs = self.raw.store().conf_state.clone();
+        GroupStatus {
+            id: r.id,
+            term: r.term,
+            leader: (r.leader_id != 0).then_some(r.leader_id),
+            role: r.state,
+            commit: r.raft_log.committed,
+            applied: self.applied,
+            voters: cs.voters,
+            learners: cs.learners,
+        }
+    }
+
+    /// Advances logical time by one tick.
+    pub fn tick(&mut self) -> Result<(), GroupError> {
+        self.raw.tick();
+        self.process()
+    }
+
+    /// Feeds a message from a peer. Messages for another node, or that
+    /// raft-rs rejects, are dropped (the sender retries).
+    pub fn step(&mut self, msg: Message) -> Result<(), GroupError> {
+        if msg.to != self.id() {
+            return Ok(());
+        }
+        if let Err(e) = self.raw.step(msg) {
+            tracing::debug!(error = %e, "dropped raft message");
+        }
+        self.process()
+    }
+
+    /// Proposes a normal entry. Followers forward it to the leader.
+    pub fn propose(&mut self, data: Vec<u8>) -> Result<(), GroupError> {
+        self.raw.propose(Vec::new(), data)?;
+        self.process()
+    }
+
+    pub fn propose_conf_change(&mut self, cc: ConfChange) -> Result<(), GroupError> {
+        self.raw.propose_conf_change(Vec::new(), cc)?;
+        self.process()
+    }
+
+    /// Asks this node to start an election now (used at bootstrap).
+    pub fn campaign(&mut self) -> Result<(), GroupError> {
+        self.raw.campaign()?;
+        self.process()
+    }
+
+    /// Reports that a peer could not be reached, so raft-rs probes it
+    /// gently instead of streaming to it.
+    pub fn report_unreachable(&mut self, peer: u64) {
+        self.raw.report_unreachable(peer);
+    }
+
+    pub fn take_outputs(&mut self) -> impl Iterator<Item = Output<S::Event>> + '_ {
+        self.outputs.drain(..)
+    }
+
+    fn send(&mut self, msgs: Vec<Message>) {
+        self.outputs.extend(msgs.into_iter().map(Output::Send));
+    }
+
+    fn process(&mut self) -> Result<(), GroupError> {
+        self.rerandomize_timeout();
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+        // A leader may send before it persists (Raft thesis 10.2.1).
+        self.send(ready.take_messages());
+
+        let mut batch = Batch::new();
+        if !ready.snapshot().is_empty() {
+            let snap = ready.snapshot().clone();
+            self.raw
+                .mut_store()
+                .install_snapshot(snap.get_metadata(), &mut batch)?;
+            self.sm
+                .restore(&snap.data, &mut batch)
+                .map_err(|e| corrupt("snapshot from leader", e))?;
+            self.applied = snap.get_metadata().index;
+            batch.put(
+                key(&self.prefix, b"applied"),
+                self.applied.to_be_bytes().to_vec(),
+            );
+            self.raw.mut_store().sm_snapshot = (self.applied, self.sm.snapshot());
+        }
+        self.apply(ready.take_committed_entries(), &mut batch)?;
+        self.raw.mut_store().append(ready.entries(), &mut batch)?;
+        if let Some(hs) = ready.hs() {
+            let hs = hs.clone();
+            self.raw.mut_store().set_hard_state(&hs, &mut batch)?;
+        }
+        if !batch.is_empty() {
+            self.engine.write(batch, true)?;
+        }
+        self.send(ready.take_persisted_messages());
+
+        let mut light = self.raw.advance(ready);
+        let mut batch = Batch::new();
+        if let Some(commit) = light.commit_index() {
+            let mut hs = self.raw.store().hard_state.clone();
+            hs.commit = commit;
+            self.raw.mut_store().set_hard_state(&hs, &mut batch)?;
+        }
+        self.send(light.take_messages());
+        self.apply(light.take_committed_entries(), &mut batch)?;
+        if !batch.is_empty() {
+            self.engine.write(batch, true)?;
+        }
+        self.raw.advance_apply();
+        self.maybe_compact()?;
+        self.outputs
+            .extend(self.sm.take_events().into_iter().map(Output::Event));
+        self.rerandomize_timeout();
+        Ok(())
+    }
+
+    fn apply(&mut self, entries: Vec<Entry>, batch: &mut Batch) -> Result<(), GroupError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        for e in entries {
+            if e.index <= self.applied {
+                continue;
+            }
+            match e.get_entry_type() {
+                EntryType::EntryNormal => {
+                    if !e.data.is_empty() {
+                        self.sm.apply(e.index, &e.data, batch);
+                    }
+                }
+                EntryType::EntryConfChange => {
+                    let cc = ConfChange::parse_from_bytes(&e.data)
+                        .map_err(|err| corrupt("committed conf change", err))?;
+                    if self.sm.check_conf_change(e.index, &cc, batch) {
+                        let cs = self.raw.apply_conf_change(&cc)?;
+                        self.raw.mut_store().set_conf_state(&cs, batch)?;
+                    }
+                }
+                EntryType::EntryConfChangeV2 => {
+                    // holdfast never proposes these; a committed one is a
+                    // foreign or corrupt log.
+                    return Err(corrupt("log", "unexpected ConfChangeV2 entry"));
+                }
+            }
+            self.applied = e.index;
+        }
+        batch.put(
+            key(&self.prefix, b"applied"),
+            self.applied.to_be_bytes().to_vec(),
+        );
+        self.raw.mut_store().sm_snapshot = (self.applied, self.sm.snapshot());
+        Ok(())
+    }
+
+    fn maybe_compact(&mut self) -> Result<(), GroupError> {
+        let store = self.raw.store();
+        if self.applied < store.first() + limits::META_LOG_ENTRIES_MAX {
+            return Ok(());
+        }
+        let mut batch = Batch::new();
+        let keep_from = self.applied;
+        self.raw.mut_store().compact(keep_from, &mut batch)?;
+        self.engine.write(batch, true)?;
+        Ok(())
+    }
+}

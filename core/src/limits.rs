@@ -1,0 +1,59 @@
+//! Every limit and timing constant of holdfast, in one place. Names carry
+//! their units. A length that arrives from a peer, a client or a file is
+//! checked against one of these *before* anything is allocated for it.
+
+/// Largest frame accepted from a peer on the cluster transport.
+pub const FRAME_BYTES_MAX: usize = 8 << 20;
+/// Largest Raft message payload a leader packs into one append.
+pub const RAFT_MSG_BYTES_MAX: u64 = 1 << 20;
+/// Appends a leader may have in flight to one follower.
+pub const RAFT_INFLIGHT_MSGS_MAX: usize = 256;
+/// Largest command a client may propose to the metadata group.
+pub const META_COMMAND_BYTES_MAX: usize = 64 << 10;
+/// Log entries kept behind the applied index before the log is compacted.
+pub const META_LOG_ENTRIES_MAX: u64 = 1000;
+
+/// Node names: 1 to this many bytes of `[a-z0-9-]`.
+pub const NODE_NAME_BYTES_MAX: usize = 63;
+/// `HOST:PORT` strings.
+pub const ADDR_BYTES_MAX: usize = 255;
+/// Members of one cluster (voters, learners and witnesses).
+pub const NODES_MAX: usize = 64;
+/// Join tokens alive at once.
+pub const TOKENS_MAX: usize = 1024;
+/// Uses one join token may allow.
+pub const TOKEN_USES_MAX: u32 = 1000;
+/// Longest time-to-live of a join token.
+pub const TOKEN_TTL_MS_MAX: u64 = 30 * 24 * 3600 * 1000;
+/// Largest certificate signing request in a join.
+pub const CSR_BYTES_MAX: usize = 16 << 10;
+
+/// One Raft tick.
+pub const TICK_MS: u64 = 100;
+/// Ticks without a leader before a follower campaigns (randomised up to 2x).
+pub const ELECTION_TICKS: usize = 10;
+/// Ticks between leader heartbeats.
+pub const HEARTBEAT_TICKS: usize = 2;
+
+/// Inputs waiting for the node's consensus thread.
+pub const INBOX_DEPTH_MAX: usize = 4096;
+/// Frames waiting to be sent to one peer; more are dropped (Raft resends).
+pub const PEER_QUEUE_DEPTH_MAX: usize = 1024;
+/// HTTP API requests served at once; more wait.
+pub const API_REQUESTS_INFLIGHT_MAX: usize = 256;
+/// Largest HTTP request body the API reads.
+pub const API_BODY_BYTES_MAX: usize = 64 << 10;
+
+/// How long a proposal may wait for its outcome before the caller is told
+/// it timed out (the outcome is then unknown).
+pub const PROPOSAL_TIMEOUT_MS: u64 = 10_000;
+/// How long a joining node waits for its join to be committed.
+pub const JOIN_TIMEOUT_MS: u64 = 20_000;
+/// How long to wait for a QUIC handshake.
+pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
+/// How often a node pings every peer.
+pub const PING_INTERVAL_MS: u64 = 500;
+/// A peer heard from within this long is healthy.
+pub const PEER_HEALTHY_WITHIN_MS: u64 = 3_000;
+/// QUIC idle timeout: a silent connection is dropped after this long.
+pub const PEER_IDLE_TIMEOUT_MS: u64 = 10_000;

@@ -1,0 +1,467 @@
+//! The cluster metadata state machine: who is a member, with what role and
+//! addresses, which join tokens are valid, and the cluster's CA and admin
+//! token. It is replicated by the metadata consensus group (group 0) on
+//! every member.
+//!
+//! Invariant: applying is deterministic. Time enters only as the proposer's
+//! `now_ms` inside a command, never from a clock here.
+//! Invariant: node ids are never reused; a removed id stays revoked.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use holdfast_storage::{Batch, Engine};
+use raft::prelude::{ConfChange, ConfChangeType};
+use serde::{Deserialize, Serialize};
+
+use crate::group::StateMachine;
+use crate::limits;
+use crate::wire;
+
+/// The metadata group's id.
+pub const META_GROUP: u64 = 0;
+const STATE_KEY: &[u8] = b"s/meta/state";
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Votes and (later) holds data.
+    Voter,
+    /// Receives the log, does not vote.
+    Learner,
+    /// Votes but holds no volume data.
+    Witness,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Voter => "voter",
+            Role::Learner => "learner",
+            Role::Witness => "witness",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "voter" => Ok(Role::Voter),
+            "learner" => Ok(Role::Learner),
+            "witness" => Ok(Role::Witness),
+            _ => Err(format!("unknown role {s:?} (voter, learner or witness)")),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeRecord {
+    pub id: u64,
+    pub name: String,
+    pub peer_addr: String,
+    pub api_addr: String,
+    pub role: Role,
+}
+
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TokenRecord {
+    /// blake3 of the token's secret part, hex.
+    pub secret_hash: String,
+    pub expires_at_ms: u64,
+    pub uses_max: u32,
+    pub uses: u32,
+}
+
+impl std::fmt::Debug for TokenRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenRecord")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("uses", &self.uses)
+            .field("uses_max", &self.uses_max)
+            .finish()
+    }
+}
+
+/// The replicated metadata.
+#[derive(Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MetaState {
+    pub cluster_id: String,
+    /// The cluster CA. Its key is replicated so that any member can admit a
+    /// joining node while a majority is up (see ARCHITECTURE.md, Security).
+    pub ca_cert_pem: String,
+    pub ca_key_pem: String,
+    pub admin_token: String,
+    pub nodes: BTreeMap<u64, NodeRecord>,
+    /// Ids of removed nodes: their certificates are refused for ever.
+    pub revoked: BTreeSet<u64>,
+    /// Join tokens by id.
+    pub tokens: BTreeMap<String, TokenRecord>,
+}
+
+impl std::fmt::Debug for MetaState {
+    // Secrets (CA key, admin token) are never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetaState")
+            .field("cluster_id", &self.cluster_id)
+            .field("nodes", &self.nodes)
+            .field("revoked", &self.revoked)
+            .finish()
+    }
+}
+
+impl MetaState {
+    pub fn node_by_name(&self, name: &str) -> Option<&NodeRecord> {
+        self.nodes.values().find(|n| n.name == name)
+    }
+
+    /// Whether a peer presenting a certificate for `id` may talk to us.
+    pub fn admits(&self, id: u64) -> bool {
+        self.nodes.contains_key(&id) && !self.revoked.contains(&id)
+    }
+
+    /// The outcome of presenting join token `token_id.secret` at `now_ms`.
+    pub fn check_token(
+        &self,
+        token_id: &str,
+        secret_hash: &str,
+        now_ms: u64,
+    ) -> Result<(), String> {
+        let t = self
+            .tokens
+            .get(token_id)
+            .filter(|t| t.secret_hash == secret_hash)
+            .ok_or("invalid join token")?;
+        if now_ms >= t.expires_at_ms {
+            return Err("join token expired".into());
+        }
+        if t.uses >= t.uses_max {
+            return Err(format!(
+                "join token already used {} time(s), its limit",
+                t.uses_max
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A normal metadata command, as proposed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Proposal {
+    pub req_id: u64,
+    pub origin: u64,
+    pub cmd: Command,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Command {
+    CreateToken {
+        id: String,
+        secret_hash: String,
+        expires_at_ms: u64,
+        uses_max: u32,
+        now_ms: u64,
+    },
+}
+
+/// What rides in a membership change's context.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConfContext {
+    pub req_id: u64,
+    pub origin: u64,
+    pub change: Change,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Change {
+    Join {
+        node: NodeRecord,
+        token_id: String,
+        secret_hash: String,
+        now_ms: u64,
+    },
+    Remove {
+        id: u64,
+    },
+}
+
+impl ConfContext {
+    /// The raft-rs conf change that carries this context.
+    pub fn to_conf_change(&self) -> ConfChange {
+        let mut cc = ConfChange::default();
+        match &self.change {
+            Change::Join { node, .. } => {
+                cc.node_id = node.id;
+                cc.set_change_type(if node.role == Role::Learner {
+                    ConfChangeType::AddLearnerNode
+                } else {
+                    ConfChangeType::AddNode
+                });
+            }
+            Change::Remove { id } => {
+                cc.node_id = *id;
+                cc.set_change_type(ConfChangeType::RemoveNode);
+            }
+        }
+        cc.context = wire::encode(self).into();
+        cc
+    }
+}
+
+/// What an applied command reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetaEvent {
+    Done {
+        req_id: u64,
+        origin: u64,
+        outcome: Result<Outcome, String>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    TokenCreated,
+    Joined { id: u64 },
+    Removed { id: u64 },
+}
+
+/// [`MetaState`] as a [`StateMachine`], persisted whole under one key.
+#[derive(Debug, Default)]
+pub struct MetaMachine {
+    state: Arc<MetaState>,
+    events: Vec<MetaEvent>,
+}
+
+impl MetaMachine {
+    /// Loads the state saved in `engine` (empty on a new node).
+    pub fn load(engine: &dyn Engine) -> Result<Self, String> {
+        let state = match engine.get(STATE_KEY).map_err(|e| e.to_string())? {
+            Some(b) => wire::decode(&b, limits::FRAME_BYTES_MAX)
+                .map_err(|e| format!("metadata state: {e}"))?,
+            None => MetaState::default(),
+        };
+        Ok(Self {
+            state: Arc::new(state),
+            events: Vec::new(),
+        })
+    }
+
+    /// The batch that saves `state` as the first state of a new cluster.
+    pub fn initial_batch(state: &MetaState) -> Batch {
+        let mut b = Batch::new();
+        b.put(STATE_KEY.to_vec(), wire::encode(state));
+        b
+    }
+
+    /// A cheap shared copy of the current state.
+    pub fn state(&self) -> Arc<MetaState> {
+        self.state.clone()
+    }
+
+    fn save(&self, batch: &mut Batch) {
+        batch.put(STATE_KEY.to_vec(), wire::encode(&*self.state));
+    }
+
+    fn done(&mut self, req_id: u64, origin: u64, outcome: Result<Outcome, String>) {
+        self.events.push(MetaEvent::Done {
+            req_id,
+            origin,
+            outcome,
+        });
+    }
+
+    fn apply_command(&mut self, cmd: Command) -> Result<Outcome, String> {
+        match cmd {
+            Command::CreateToken {
+                id,
+                secret_hash,
+                expires_at_ms,
+                uses_max,
+                now_ms,
+            } => {
+                let st = Arc::make_mut(&mut self.state);
+                st.tokens
+                    .retain(|_, t| t.expires_at_ms > now_ms && t.uses < t.uses_max);
+                if st.tokens.len() >= limits::TOKENS_MAX {
+                    return Err(format!(
+                        "too many live join tokens (limit {})",
+                        limits::TOKENS_MAX
+                    ));
+                }
+                if st.tokens.contains_key(&id) {
+                    return Err("token id already exists".into());
+                }
+                st.tokens.insert(
+                    id,
+                    TokenRecord {
+                        secret_hash,
+                        expires_at_ms,
+                        uses_max,
+                        uses: 0,
+                    },
+                );
+                Ok(Outcome::TokenCreated)
+            }
+        }
+    }
+
+    fn check_change(&mut self, cc: &ConfChange, change: &Change) -> Result<Outcome, String> {
+        let st = &self.state;
+        match change {
+            Change::Join {
+                node,
+                token_id,
+                secret_hash,
+                now_ms,
+            } => {
+                let want = if node.role == Role::Learner {
+                    ConfChangeType::AddLearnerNode
+                } else {
+                    ConfChangeType::AddNode
+                };
+                if cc.get_change_type() != want || cc.node_id != node.id || node.id == 0 {
+                    return Err("conf change does not match its context".into());
+                }
+                st.check_token(token_id, secret_hash, *now_ms)?;
+                if st.node_by_name(&node.name).is_some() {
+                    return Err(format!("a node named {:?} is already a member", node.name));
+                }
+                if st.nodes.contains_key(&node.id) || st.revoked.contains(&node.id) {
+                    return Err("node id already used".into());
+                }
+                if st.nodes.len() >= limits::NODES_MAX {
+                    return Err(format!("cluster is full ({} nodes)", limits::NODES_MAX));
+                }
+                let st = Arc::make_mut(&mut self.state);
+                if let Some(t) = st.tokens.get_mut(token_id) {
+                    t.uses += 1;
+                }
+                st.nodes.insert(node.id, node.clone());
+                Ok(Outcome::Joined { id: node.id })
+            }
+            Change::Remove { id } => {
+                if cc.get_change_type() != ConfChangeType::RemoveNode || cc.node_id != *id {
+                    return Err("conf change does not match its context".into());
+                }
+                let Some(node) = st.nodes.get(id) else {
+                    return Err("no such node".into());
+                };
+                let voters = st
+                    .nodes
+                    .values()
+                    .filter(|n| n.role != Role::Learner)
+                    .count();
+                if node.role != Role::Learner && voters <= 1 {
+                    return Err("cannot remove the last voter".into());
+                }
+                let st = Arc::make_mut(&mut self.state);
+                st.nodes.remove(id);
+                st.revoked.insert(*id);
+                Ok(Outcome::Removed { id: *id })
+            }
+        }
+    }
+}
+
+impl StateMachine for MetaMachine {
+    type Event = MetaEvent;
+
+    fn apply(&mut self, _index: u64, data: &[u8], batch: &mut Batch) {
+        match wire::decode::<Proposal>(data, limits::META_COMMAND_BYTES_MAX) {
+            Ok(p) => {
+                let outcome = self.apply_command(p.cmd);
+                self.done(p.req_id, p.origin, outcome);
+                self.save(batch);
+            }
+            // Proposals are checked before they enter the log; one that
+            // does not decode is skipped on every node alike.
+            Err(e) => tracing::warn!(error = %e, "skipped undecodable metadata entry"),
+        }
+    }
+
+    fn check_conf_change(&mut self, _index: u64, cc: &ConfChange, batch: &mut Batch) -> bool {
+        let ctx = match wire::decode::<ConfContext>(&cc.context, limits::META_COMMAND_BYTES_MAX) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "refused conf change without a valid context");
+                return false;
+            }
+        };
+        let outcome = self.check_change(cc, &ctx.change);
+        let ok = outcome.is_ok();
+        self.done(ctx.req_id, ctx.origin, outcome);
+        if ok {
+            self.save(batch);
+        }
+        ok
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        wire::encode(&*self.state)
+    }
+
+    fn restore(&mut self, data: &[u8], batch: &mut Batch) -> Result<(), String> {
+        let st: MetaState =
+            wire::decode(data, limits::FRAME_BYTES_MAX).map_err(|e| e.to_string())?;
+        self.state = Arc::new(st);
+        self.save(batch);
+        Ok(())
+    }
+
+    fn take_events(&mut self) -> Vec<MetaEvent> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+/// A join token as handed to an operator: `hf1.<ca-fingerprint>.<id>.<secret>`.
+/// The CA fingerprint lets the joiner authenticate the cluster before it
+/// has any certificate; id and secret authenticate the joiner.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken {
+    pub ca_fingerprint: String,
+    pub id: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinToken").field("id", &self.id).finish()
+    }
+}
+
+impl JoinToken {
+    pub fn to_token_string(&self) -> String {
+        format!("hf1.{}.{}.{}", self.ca_fingerprint, self.id, self.secret)
+    }
+
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let bad = || "malformed join token (expected hf1.<fingerprint>.<id>.<secret>)".to_string();
+        if s.len() > 256 {
+            return Err(bad());
+        }
+        let mut parts = s.trim().split('.');
+        let (Some("hf1"), Some(fp), Some(id), Some(secret), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(bad());
+        };
+        let hex_of = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex_of(fp, 64) || !hex_of(id, 16) || !hex_of(secret, 32) {
+            return Err(bad());
+        }
+        Ok(Self {
+            ca_fingerprint: fp.to_string(),
+            id: id.to_string(),
+            secret: secret.to_string(),
+        })
+    }
+
+    /// What the metadata stores in place of the secret.
+    pub fn secret_hash(secret: &str) -> String {
+        blake3::hash(secret.as_bytes()).to_hex().to_string()
+    }
+}

@@ -1,0 +1,177 @@
+//! Messages between nodes and their byte encoding. Decoding checks every
+//! length against [`crate::limits`] before it allocates.
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use crate::limits;
+use crate::meta::Role;
+
+/// What travels between members on the cluster transport.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum PeerMsg {
+    /// A Raft message (protobuf bytes) for consensus group `group`.
+    Raft { group: u64, msg: Vec<u8> },
+    /// Liveness probe; carries nothing but its sender.
+    Ping,
+}
+
+/// Sent by a node that has no certificate yet, over an unauthenticated
+/// connection, to ask to be let in.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JoinRequest {
+    /// The secret part of the join token: `ID.SECRET`.
+    pub token: String,
+    pub name: String,
+    pub peer_addr: String,
+    pub api_addr: String,
+    pub role: Role,
+    /// A PKCS#10 certificate signing request for the joiner's own key.
+    pub csr_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for JoinRequest {
+    // The token is a secret: never print it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JoinRequest")
+            .field("name", &self.name)
+            .field("peer_addr", &self.peer_addr)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+/// A member as the joiner needs to know it before it has the metadata.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub id: u64,
+    pub name: String,
+    pub peer_addr: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum JoinReply {
+    Accepted {
+        node_id: u64,
+        cluster_id: String,
+        cert_pem: String,
+        ca_pem: String,
+        peers: Vec<PeerInfo>,
+    },
+    Refused {
+        reason: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("frame of {len} bytes is over the limit of {max}")]
+    TooLarge { len: usize, max: usize },
+    #[error("malformed message: {0}")]
+    Malformed(String),
+}
+
+/// Encodes `value` as one frame payload.
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serialising our own in-memory types into a Vec cannot fail.
+    postcard::to_allocvec(value).unwrap_or_default()
+}
+
+/// Decodes a frame payload, refusing one over `max` bytes.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, WireError> {
+    if bytes.len() > max {
+        return Err(WireError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
+    }
+    match postcard::take_from_bytes(bytes) {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(WireError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        ))),
+        Err(e) => Err(WireError::Malformed(e.to_string())),
+    }
+}
+
+/// Checks a node name: 1..=63 bytes of lowercase letters, digits and `-`,
+/// not starting with `-`.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > limits::NODE_NAME_BYTES_MAX {
+        return Err(format!(
+            "node name must be 1 to {} bytes",
+            limits::NODE_NAME_BYTES_MAX
+        ));
+    }
+    if name.starts_with('-')
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(format!(
+            "node name {name:?} may hold only a-z, 0-9 and '-', and may not start with '-'"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a `HOST:PORT` address string.
+pub fn check_addr(addr: &str) -> Result<(), String> {
+    if addr.is_empty() || addr.len() > limits::ADDR_BYTES_MAX {
+        return Err(format!(
+            "address must be 1 to {} bytes",
+            limits::ADDR_BYTES_MAX
+        ));
+    }
+    addr.parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| format!("address {addr:?} is not HOST:PORT"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_refuses_oversized_and_garbage() {
+        let big = vec![0u8; 100];
+        assert_eq!(
+            decode::<PeerMsg>(&big, 10),
+            Err(WireError::TooLarge { len: 100, max: 10 })
+        );
+        assert!(matches!(
+            decode::<PeerMsg>(&[9, 9, 9], 100),
+            Err(WireError::Malformed(_))
+        ));
+        // A length prefix that claims more bytes than the frame holds.
+        assert!(matches!(
+            decode::<PeerMsg>(&[0, 0, 0xff, 0xff, 0xff, 0x0f], 100),
+            Err(WireError::Malformed(_))
+        ));
+        let m = PeerMsg::Raft {
+            group: 3,
+            msg: vec![1, 2, 3],
+        };
+        assert_eq!(decode::<PeerMsg>(&encode(&m), 100), Ok(m));
+        // A longer message must not pass for a shorter one.
+        let refused = encode(&JoinReply::Refused {
+            reason: "no".into(),
+        });
+        assert!(matches!(
+            decode::<PeerMsg>(&refused, 100),
+            Err(WireError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn names_and_addrs() {
+        for ok in ["n1", "web-01", "a"] {
+            assert!(check_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-x", "UP", "a b", "ä", &"x".repeat(64)] {
+            assert!(check_name(bad).is_err(), "{bad}");
+        }
+        assert!(check_addr("127.0.0.1:7000").is_ok());
+        assert!(check_addr("nohost").is_err());
+    }
+}

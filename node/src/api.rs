@@ -1,0 +1,300 @@
+//! The node's HTTP API (axum). Every route but `/healthz` needs the cluster
+//! admin token as `Authorization: Bearer <token>`; without it the answer is
+//! 401 and nothing changes. Errors are JSON: `{"error": "one line"}`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use holdfast_core::limits;
+use holdfast_core::meta::{Change, Command, JoinToken, MetaState, Outcome};
+use holdfast_transport::{pki, Transport};
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+
+use crate::driver::{DriverHandle, ProposeError, Shared};
+use crate::metrics::{label, Metrics};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub driver: DriverHandle,
+    pub transport: Arc<Transport>,
+    pub me: u64,
+    pub metrics: Metrics,
+    pub registry: Arc<Registry>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState").field("me", &self.me).finish()
+    }
+}
+
+/// `GET /api/v1/cluster` and `holdfast status --json`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterStatus {
+    pub cluster_id: String,
+    /// The node that answered.
+    pub node: String,
+    pub leader: Option<String>,
+    pub term: u64,
+    pub nodes: Vec<NodeStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeStatus {
+    pub name: String,
+    pub id: u64,
+    pub peer_addr: String,
+    pub api_addr: String,
+    pub role: String,
+    /// Heard from within `PEER_HEALTHY_WITHIN_MS` (always true for the
+    /// answering node itself while its consensus thread runs).
+    pub healthy: bool,
+    /// When the answering node last heard from this one, in Unix
+    /// milliseconds; 0 if never.
+    pub last_seen_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    #[serde(default = "default_ttl")]
+    ttl_s: u64,
+    #[serde(default = "default_uses")]
+    uses: u32,
+}
+fn default_ttl() -> u64 {
+    3600
+}
+fn default_uses() -> u32 {
+    1
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub token: String,
+    pub expires_at_ms: u64,
+    pub uses: u32,
+}
+
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+impl From<ProposeError> for ApiError {
+    fn from(e: ProposeError) -> Self {
+        let code = match &e {
+            ProposeError::Refused(_) => StatusCode::CONFLICT,
+            ProposeError::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            ProposeError::NoLeader | ProposeError::Busy | ProposeError::Stopped => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        ApiError(code, e.to_string())
+    }
+}
+
+pub fn router(state: ApiState) -> Router {
+    let authed = Router::new()
+        .route("/api/v1/cluster", get(cluster))
+        .route("/api/v1/tokens", post(create_token))
+        .route("/api/v1/nodes/{name}", delete(remove_node))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .merge(authed)
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such API route".into()) })
+        .layer(middleware::from_fn_with_state(state.clone(), count))
+        .layer(DefaultBodyLimit::max(limits::API_BODY_BYTES_MAX))
+        .layer(tower::limit::ConcurrencyLimitLayer::new(
+            limits::API_REQUESTS_INFLIGHT_MAX,
+        ))
+        .with_state(state)
+}
+
+async fn count(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    st.metrics
+        .api_requests
+        .get_or_create(&label("code", resp.status().as_str()))
+        .inc();
+    resp
+}
+
+async fn auth(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    let meta = st.driver.shared().meta;
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let ok = match presented {
+        // Compare hashes so that the time taken says nothing of the token.
+        Some(t) if !meta.admin_token.is_empty() => {
+            blake3::hash(t.as_bytes()) == blake3::hash(meta.admin_token.as_bytes())
+        }
+        _ => false,
+    };
+    if !ok {
+        return ApiError(
+            StatusCode::UNAUTHORIZED,
+            "missing or wrong admin token".into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+fn unix_ms(at: Instant) -> u64 {
+    let ago = Instant::now().saturating_duration_since(at);
+    SystemTime::now()
+        .checked_sub(ago)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+pub fn cluster_status(shared: &Shared, transport: &Transport, me: u64) -> ClusterStatus {
+    let meta: &MetaState = &shared.meta;
+    let name_of = |id: u64| meta.nodes.get(&id).map(|n| n.name.clone());
+    let healthy_within = Duration::from_millis(limits::PEER_HEALTHY_WITHIN_MS);
+    let nodes = meta
+        .nodes
+        .values()
+        .map(|n| {
+            let (healthy, last_seen_ms) = if n.id == me {
+                (shared.fatal.is_none(), unix_ms(Instant::now()))
+            } else {
+                match transport.last_seen(n.id) {
+                    Some(t) => (t.elapsed() <= healthy_within, unix_ms(t)),
+                    None => (false, 0),
+                }
+            };
+            NodeStatus {
+                name: n.name.clone(),
+                id: n.id,
+                peer_addr: n.peer_addr.clone(),
+                api_addr: n.api_addr.clone(),
+                role: n.role.as_str().to_string(),
+                healthy,
+                last_seen_ms,
+            }
+        })
+        .collect();
+    ClusterStatus {
+        cluster_id: meta.cluster_id.clone(),
+        node: name_of(me).unwrap_or_default(),
+        leader: shared.status.leader.and_then(name_of),
+        term: shared.status.term,
+        nodes,
+    }
+}
+
+async fn cluster(State(st): State<ApiState>) -> Json<ClusterStatus> {
+    Json(cluster_status(&st.driver.shared(), &st.transport, st.me))
+}
+
+async fn metrics(State(st): State<ApiState>) -> Result<Response, ApiError> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &st.registry)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        out,
+    )
+        .into_response())
+}
+
+async fn create_token(
+    State(st): State<ApiState>,
+    body: Bytes,
+) -> Result<Json<TokenCreated>, ApiError> {
+    let req: TokenRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        TokenRequest {
+            ttl_s: default_ttl(),
+            uses: default_uses(),
+        }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad(format!("malformed request: {e}")))?
+    };
+    if req.ttl_s == 0 || req.ttl_s.saturating_mul(1000) > limits::TOKEN_TTL_MS_MAX {
+        return Err(bad(format!(
+            "ttl_s must be 1 to {}",
+            limits::TOKEN_TTL_MS_MAX / 1000
+        )));
+    }
+    if req.uses == 0 || req.uses > limits::TOKEN_USES_MAX {
+        return Err(bad(format!("uses must be 1 to {}", limits::TOKEN_USES_MAX)));
+    }
+    let meta = st.driver.shared().meta;
+    let ca = pki::cert_der(&meta.ca_cert_pem).map_err(|_| {
+        ApiError(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "node has not caught up with the cluster yet".into(),
+        )
+    })?;
+    let token = JoinToken {
+        ca_fingerprint: pki::fingerprint(&ca),
+        id: hex::encode(rand::random::<[u8; 8]>()),
+        secret: hex::encode(rand::random::<[u8; 16]>()),
+    };
+    let now = crate::service::now_ms();
+    let expires_at_ms = now + req.ttl_s * 1000;
+    let cmd = Command::CreateToken {
+        id: token.id.clone(),
+        secret_hash: JoinToken::secret_hash(&token.secret),
+        expires_at_ms,
+        uses_max: req.uses,
+        now_ms: now,
+    };
+    match st.driver.propose(cmd).await? {
+        Outcome::TokenCreated => Ok(Json(TokenCreated {
+            token: token.to_token_string(),
+            expires_at_ms,
+            uses: req.uses,
+        })),
+        other => Err(ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("unexpected outcome {other:?}"),
+        )),
+    }
+}
+
+async fn remove_node(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    holdfast_core::wire::check_name(&name).map_err(bad)?;
+    let meta = st.driver.shared().meta;
+    let id = meta
+        .node_by_name(&name)
+        .map(|n| n.id)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no node named {name:?}")))?;
+    st.driver.conf_change(Change::Remove { id }).await?;
+    Ok(Json(serde_json::json!({ "removed": name })))
+}

@@ -1,0 +1,89 @@
+use std::path::Path;
+
+use rocksdb::{Options, ReadOptions, WriteBatch, WriteOptions, DB};
+
+use crate::{Batch, Engine, Op, Result, StorageError};
+
+/// The production [`Engine`]: one RocksDB database in a folder.
+#[derive(Debug)]
+pub struct RocksEngine {
+    db: DB,
+}
+
+fn map_err(e: rocksdb::Error) -> StorageError {
+    let msg = e.into_string();
+    if msg.contains("No space left") || msg.contains("ENOSPC") {
+        StorageError::NoSpace(msg)
+    } else if msg.contains("Corruption") {
+        StorageError::Corruption(msg)
+    } else {
+        StorageError::Io(msg)
+    }
+}
+
+impl RocksEngine {
+    /// Opens (creating if needed) the database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let mut opts = Options::default();
+        opts.create_if_missing(true);
+        opts.set_max_open_files(256);
+        opts.set_keep_log_file_num(4);
+        // Reads of a damaged file fail instead of returning garbage.
+        opts.set_paranoid_checks(true);
+        let db = DB::open(&opts, dir).map_err(map_err)?;
+        Ok(Self { db })
+    }
+}
+
+impl Engine for RocksEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.db.get(key).map_err(map_err)
+    }
+
+    fn write(&self, batch: Batch, sync: bool) -> Result<()> {
+        let mut wb = WriteBatch::default();
+        for op in batch.ops() {
+            match op {
+                Op::Put(k, v) => wb.put(k, v),
+                Op::Delete(k) => wb.delete(k),
+                Op::DeleteRange(s, e) => {
+                    if s < e {
+                        wb.delete_range(s, e)
+                    }
+                }
+            }
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(sync);
+        self.db.write_opt(wb, &wo).map_err(map_err)
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        if start >= end {
+            return Ok(());
+        }
+        let mut ro = ReadOptions::default();
+        ro.set_iterate_upper_bound(end.to_vec());
+        let mut it = self.db.raw_iterator_opt(ro);
+        it.seek(start);
+        while it.valid() {
+            let (Some(k), Some(v)) = (it.key(), it.value()) else {
+                break;
+            };
+            if !visit(k, v) {
+                return Ok(());
+            }
+            it.next();
+        }
+        it.status().map_err(map_err)
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.db.flush_wal(true).map_err(map_err)
+    }
+}

@@ -1,0 +1,68 @@
+//! Runs the one conformance suite against both engines.
+
+use holdfast_storage::conformance::{run, Harness};
+use holdfast_storage::{Batch, Engine, MemEngine, RocksEngine, StorageError};
+
+struct Mem;
+impl Harness for Mem {
+    type E = MemEngine;
+    fn open(&mut self) -> MemEngine {
+        MemEngine::new()
+    }
+    fn crash_and_reopen(&mut self, e: MemEngine) -> MemEngine {
+        e.crash();
+        e
+    }
+}
+
+struct Rocks {
+    dirs: Vec<tempfile::TempDir>,
+}
+impl Harness for Rocks {
+    type E = RocksEngine;
+    fn open(&mut self) -> RocksEngine {
+        let d = tempfile::tempdir().unwrap();
+        let e = RocksEngine::open(d.path()).unwrap();
+        self.dirs.push(d);
+        e
+    }
+    fn crash_and_reopen(&mut self, e: RocksEngine) -> RocksEngine {
+        drop(e);
+        RocksEngine::open(self.dirs.last().unwrap().path()).unwrap()
+    }
+}
+
+#[test]
+fn mem_engine_conforms() {
+    run(&mut Mem);
+}
+
+#[test]
+fn rocks_engine_conforms() {
+    run(&mut Rocks { dirs: Vec::new() });
+}
+
+#[test]
+fn mem_engine_crash_drops_unsynced_writes() {
+    let e = MemEngine::new();
+    let mut b = Batch::new();
+    b.put(b"gone".to_vec(), b"1".to_vec());
+    e.write(b, false).unwrap();
+    e.crash();
+    assert_eq!(e.get(b"gone").unwrap(), None);
+}
+
+#[test]
+fn mem_engine_full_disk_fails_writes_and_changes_nothing() {
+    let e = MemEngine::new();
+    e.set_full(true);
+    let mut b = Batch::new();
+    b.put(b"k".to_vec(), b"v".to_vec());
+    let err = e.write(b, true).unwrap_err();
+    assert!(matches!(err, StorageError::NoSpace(_)) && err.is_retryable());
+    assert_eq!(e.get(b"k").unwrap(), None);
+    e.set_full(false);
+    let mut b = Batch::new();
+    b.put(b"k".to_vec(), b"v".to_vec());
+    e.write(b, true).unwrap();
+}
