@@ -147,14 +147,18 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 };
             }
-            // One line: the first line of clap's message.
+            // One line: clap's message up to its usage block.
             let msg = e.to_string();
-            let first = msg
+            let words: Vec<&str> = msg
                 .lines()
-                .next()
-                .unwrap_or("bad arguments")
-                .trim_start_matches("error: ");
-            eprintln!("holdfast: {first} (see holdfast --help)");
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let line = words.join(" ");
+            eprintln!(
+                "holdfast: {} (see holdfast --help)",
+                line.trim_start_matches("error: ")
+            );
             return ExitCode::from(2);
         }
     };

@@ -54,6 +54,6 @@ pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
 /// How often a node pings every peer.
 pub const PING_INTERVAL_MS: u64 = 500;
 /// A peer heard from within this long is healthy.
-pub const PEER_HEALTHY_WITHIN_MS: u64 = 3_000;
+pub const PEER_HEALTHY_WITHIN_MS: u64 = 2_000;
 /// QUIC idle timeout: a silent connection is dropped after this long.
 pub const PEER_IDLE_TIMEOUT_MS: u64 = 10_000;

@@ -1,1 +1,376 @@
-//! placeholder
+//! Test harness for real `holdfast` processes: start nodes, reach their
+//! API, kill and restart them. Each node gets its own loopback address
+//! (127.x.y.z), so tests run in parallel without fighting over ports.
+//!
+//! The binary under test is `target/<profile>/holdfast`, found next to the
+//! test executable, or `HOLDFAST_BIN`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+
+pub fn holdfast_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("HOLDFAST_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/debug/deps/<test> -> target/debug/holdfast
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("holdfast");
+    assert!(
+        bin.exists(),
+        "{} not built; run `cargo build --bin holdfast` first",
+        bin.display()
+    );
+    bin
+}
+
+/// A fresh loopback address nobody else in this run uses.
+pub fn fresh_ip() -> String {
+    let r: u32 = rand::random();
+    format!(
+        "127.{}.{}.{}",
+        1 + (r >> 16) % 250,
+        (r >> 8) & 0xff,
+        1 + (r & 0xff) % 250
+    )
+}
+
+/// Runs `holdfast ARGS` to completion.
+pub fn holdfast(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(holdfast_bin());
+    c.args(args).stdin(Stdio::null());
+    c.env_remove("HOLDFAST_API")
+        .env_remove("HOLDFAST_ADMIN_TOKEN");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run holdfast")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Asserts a command failed with exactly one line on stderr that contains
+/// `needle`, and returns that line.
+pub fn assert_one_line_error(o: &Output, needle: &str) -> String {
+    let err = stderr(o);
+    assert!(
+        !o.status.success(),
+        "expected failure, got success; stderr: {err}"
+    );
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected a one-line error, got:\n{err}");
+    assert!(
+        lines[0].contains(needle),
+        "error {:?} does not mention {needle:?}",
+        lines[0]
+    );
+    lines[0].to_string()
+}
+
+#[derive(Debug, Deserialize, Clone)]
+pub struct Status {
+    pub cluster_id: String,
+    pub node: String,
+    pub leader: Option<String>,
+    pub term: u64,
+    pub nodes: Vec<NodeStatus>,
+}
+
+#[derive(Debug, Deserialize, Clone)]
+pub struct NodeStatus {
+    pub name: String,
+    pub peer_addr: String,
+    pub api_addr: String,
+    pub role: String,
+    pub healthy: bool,
+    pub last_seen_ms: u64,
+}
+
+/// One node process and where it lives.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub data: PathBuf,
+    pub peer: SocketAddr,
+    pub api: SocketAddr,
+    pub child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Node {
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("node running");
+        signal(&c, "TERM");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = c.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not stop on SIGTERM",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// `holdfast serve --data DIR`: restart from the data folder alone.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "node {} still running", self.name);
+        self.child = Some(spawn_serve(
+            &["--data", &self.data.display().to_string()],
+            &self.log,
+        ));
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Sends `SIG<name>` to a child with kill(1).
+pub fn signal(child: &Child, name: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{name} {} failed", child.id());
+}
+
+fn spawn_serve(args: &[&str], log: &Path) -> Child {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    Command::new(holdfast_bin())
+        .arg("serve")
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(f.try_clone().expect("log"))
+        .stderr(f)
+        .spawn()
+        .expect("spawn holdfast serve")
+}
+
+/// A cluster of node processes under one temporary folder.
+#[derive(Debug)]
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<Node>,
+    pub admin_token: String,
+}
+
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl Cluster {
+    /// Bootstraps `n1` and joins `n2..=count` through `n1`.
+    pub fn start(count: usize) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("holdfast-test-")
+            .tempdir()
+            .expect("tempdir");
+        let mut c = Cluster {
+            dir,
+            nodes: Vec::new(),
+            admin_token: String::new(),
+        };
+        let n1 = c.spawn_new("n1", &["--bootstrap"]);
+        c.nodes.push(n1);
+        c.wait_api(0);
+        let token_file = c.nodes[0].data.join("admin.token");
+        c.admin_token = wait_until("admin token", Duration::from_secs(10), || {
+            std::fs::read_to_string(&token_file).ok()
+        })
+        .trim()
+        .to_string();
+        for i in 2..=count {
+            c.join_new(&format!("n{i}"), &[]);
+        }
+        c
+    }
+
+    /// Starts a new process `serve --data DIR/NAME --name NAME ...EXTRA`.
+    pub fn spawn_new(&self, name: &str, extra: &[&str]) -> Node {
+        let ip = fresh_ip();
+        let peer: SocketAddr = format!("{ip}:7001").parse().expect("addr");
+        let api: SocketAddr = format!("{ip}:7101").parse().expect("addr");
+        let data = self.dir.path().join(name);
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut args = vec![
+            "--data".to_string(),
+            data.display().to_string(),
+            "--name".into(),
+            name.into(),
+            "--listen".into(),
+            peer.to_string(),
+            "--api".into(),
+            api.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        Node {
+            name: name.into(),
+            data,
+            peer,
+            api,
+            child: Some(spawn_serve(&refs, &log)),
+            log,
+        }
+    }
+
+    /// Joins a new node through the first running member and waits until it
+    /// serves its API.
+    pub fn join_new(&mut self, name: &str, extra: &[&str]) -> usize {
+        let token = self.token(&[]);
+        let seed = self
+            .nodes
+            .iter_mut()
+            .find_map(|n| n.is_running().then(|| n.peer.to_string()))
+            .expect("a running node");
+        let mut args = vec!["--join", &seed, "--token", &token];
+        args.extend_from_slice(extra);
+        let node = self.spawn_new(name, &args);
+        self.nodes.push(node);
+        let i = self.nodes.len() - 1;
+        self.wait_api(i);
+        i
+    }
+
+    pub fn env(&self, i: usize) -> Vec<(&'static str, String)> {
+        vec![
+            ("HOLDFAST_API", self.nodes[i].api.to_string()),
+            ("HOLDFAST_ADMIN_TOKEN", self.admin_token.clone()),
+        ]
+    }
+
+    /// Runs a client command against node `i`.
+    pub fn cli(&self, i: usize, args: &[&str]) -> Output {
+        let env = self.env(i);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        holdfast(args, &env)
+    }
+
+    /// A new join token from any node that can make one.
+    pub fn token(&self, extra: &[&str]) -> String {
+        wait_until("a join token", Duration::from_secs(30), || {
+            (0..self.nodes.len()).find_map(|i| {
+                let mut args = vec!["token", "create"];
+                args.extend_from_slice(extra);
+                let o = self.cli(i, &args);
+                o.status.success().then(|| stdout(&o).trim().to_string())
+            })
+        })
+    }
+
+    pub fn status(&self, i: usize) -> Option<Status> {
+        let o = self.cli(i, &["status", "--json"]);
+        if !o.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&o.stdout).ok()
+    }
+
+    pub fn wait_api(&mut self, i: usize) {
+        let api = self.nodes[i].api;
+        let name = self.nodes[i].name.clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if ureq::get(&format!("http://{api}/healthz"))
+                .timeout(Duration::from_secs(1))
+                .call()
+                .is_ok()
+            {
+                return;
+            }
+            if !self.nodes[i].is_running() {
+                panic!("node {name} exited; its log:\n{}", self.nodes[i].log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {name} API did not come up; log:\n{}",
+                self.nodes[i].log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until node `i` reports `want` members, all healthy, and a
+    /// leader; returns that status.
+    pub fn wait_converged(&self, i: usize, want: usize) -> Status {
+        wait_until(
+            &format!(
+                "{} to see {want} healthy members and a leader",
+                self.nodes[i].name
+            ),
+            Duration::from_secs(30),
+            || {
+                self.status(i).filter(|s| {
+                    s.leader.is_some() && s.nodes.len() == want && s.nodes.iter().all(|n| n.healthy)
+                })
+            },
+        )
+    }
+
+    pub fn index_of(&self, name: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .expect("node by name")
+    }
+
+    /// Scrapes `/metrics` of node `i` with the admin token.
+    pub fn metrics(&self, i: usize) -> String {
+        ureq::get(&format!("http://{}/metrics", self.nodes[i].api))
+            .set("Authorization", &format!("Bearer {}", self.admin_token))
+            .call()
+            .expect("scrape metrics")
+            .into_string()
+            .expect("metrics text")
+    }
+}
