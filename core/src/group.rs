@@ -340,8 +340,10 @@ impl raft::Storage for LogStore {
                 raft::StorageError::SnapshotTemporarilyUnavailable,
             ));
         }
-        let mut snap = Snapshot::default();
-        snap.data = data.clone().into();
+        let mut snap = Snapshot {
+            data: data.clone().into(),
+            ..Default::default()
+        };
         let meta = snap.mut_metadata();
         meta.index = *index;
         meta.term = self.term(*index)?;

@@ -198,7 +198,7 @@ impl std::fmt::Debug for Driver {
 impl Driver {
     /// Makes the driver and its handle; [`Driver::spawn`] starts it once
     /// the transport exists (the transport needs the handle first).
-    pub fn new(
+    pub fn prepare(
         group: RaftGroup<MetaMachine>,
         metrics: Metrics,
         seed_peers: HashMap<u64, SocketAddr>,

@@ -396,7 +396,7 @@ async fn run(
     let raft =
         RaftGroup::open(me, META_GROUP, s.engine.clone(), sm, rand::random()).map_err(local)?;
     let metrics = metrics::Metrics::default();
-    let (driver, handle) = driver::Driver::new(raft, metrics.clone(), s.seed_peers.clone());
+    let (driver, handle) = driver::Driver::prepare(raft, metrics.clone(), s.seed_peers.clone());
     let svc = Arc::new(service::NodeService {
         driver: handle.clone(),
         metrics: metrics.clone(),

@@ -32,7 +32,8 @@ fn put(e: &dyn Engine, k: &[u8], v: &[u8], sync: bool) {
 
 /// Runs every case. Panics with the name of the first case that fails.
 pub fn run<H: Harness>(h: &mut H) {
-    let cases: &[(&str, fn(&mut H))] = &[
+    type Case<H> = (&'static str, fn(&mut H));
+    let cases: &[Case<H>] = &[
         ("missing key reads as none", |h| {
             let e = h.open();
             assert_eq!(e.get(b"nope").unwrap(), None);
