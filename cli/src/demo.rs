@@ -93,6 +93,7 @@ pub fn run(count: u8, dir: Option<PathBuf>) -> anyhow::Result<()> {
     let mut nodes: Vec<Node> = Vec::new();
     let result = start_all(&dir, count, &mut nodes).and_then(|()| {
         let admin = admin_token(&dir)?;
+        let mounts = mount_web(&dir, &nodes, &admin)?;
         println!(
             "holdfast demo: {} nodes under {}",
             nodes.len(),
@@ -103,6 +104,9 @@ pub fn run(count: u8, dir: Option<PathBuf>) -> anyhow::Result<()> {
                 "  {:<4} api {:<21} peer {:<21} admin token {admin}",
                 n.name, n.api, n.peer
             );
+        }
+        for (name, path) in &mounts {
+            println!("  volume web on {name} at {}", path.display());
         }
         println!(
             "Try:  HOLDFAST_API={} HOLDFAST_ADMIN_TOKEN={admin} holdfast status",
@@ -216,4 +220,78 @@ fn wait_for_stop(nodes: &mut [Node]) -> anyhow::Result<()> {
             }
         }
     })
+}
+
+fn api_call(
+    method: &str,
+    api: SocketAddr,
+    path: &str,
+    admin: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let req = ureq::request(method, &format!("http://{api}{path}"))
+        .set("Authorization", &format!("Bearer {admin}"));
+    match req.send_json(body) {
+        Ok(r) => Ok(r.into_json()?),
+        Err(ureq::Error::Status(code, r)) => bail!(
+            "{path}: HTTP {code}: {}",
+            r.into_string().unwrap_or_default().trim()
+        ),
+        Err(e) => bail!("{path}: {e}"),
+    }
+}
+
+fn api_get(api: SocketAddr, path: &str, admin: &str) -> anyhow::Result<serde_json::Value> {
+    Ok(ureq::get(&format!("http://{api}{path}"))
+        .set("Authorization", &format!("Bearer {admin}"))
+        .call()?
+        .into_json()?)
+}
+
+/// Creates volume `web` (first run) and mounts it on every node under
+/// `DIR/mnt/NODE`. A restarted node mounts it again by itself.
+fn mount_web(dir: &Path, nodes: &[Node], admin: &str) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let volumes = api_get(nodes[0].api, "/api/v1/volumes", admin)?;
+    if !volumes
+        .as_array()
+        .is_some_and(|vs| vs.iter().any(|v| v["name"] == "web"))
+    {
+        let replicas = nodes.len().min(3);
+        api_call(
+            "POST",
+            nodes[0].api,
+            "/api/v1/volumes",
+            admin,
+            serde_json::json!({ "name": "web", "replicas": replicas }),
+        )?;
+    }
+    let mut out = Vec::new();
+    for n in nodes {
+        let path = dir.join("mnt").join(&n.name);
+        std::fs::create_dir_all(&path)?;
+        // A restarted node remounts by itself; wait a little for it.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mounted = |api| -> anyhow::Result<bool> {
+            let ms = api_get(api, "/api/v1/mounts", admin)?;
+            Ok(ms
+                .as_array()
+                .is_some_and(|ms| ms.iter().any(|m| m["path"] == serde_json::json!(path))))
+        };
+        let had_mount = std::fs::read_to_string(dir.join(&n.name).join("mounts.json"))
+            .is_ok_and(|t| t.contains("\"web\""));
+        while had_mount && !mounted(n.api)? && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if !mounted(n.api)? {
+            api_call(
+                "POST",
+                n.api,
+                "/api/v1/mounts",
+                admin,
+                serde_json::json!({ "volume": "web", "path": path }),
+            )?;
+        }
+        out.push((n.name.clone(), path));
+    }
+    Ok(out)
 }

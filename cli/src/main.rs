@@ -76,6 +76,25 @@ enum Cmd {
         #[command(subcommand)]
         cmd: NodeCmd,
     },
+    /// File volumes.
+    Volume {
+        #[command(subcommand)]
+        cmd: VolumeCmd,
+    },
+    /// Serve volume NAME at DIR through FUSE on the node behind --api (it
+    /// mounts it again after a restart).
+    Mount {
+        name: String,
+        dir: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Stop serving DIR (refused while it is busy).
+    Umount {
+        dir: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Run a local cluster of real node processes until Ctrl-C.
     Demo {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
@@ -102,6 +121,33 @@ enum TokenCmd {
         /// How many joins it allows.
         #[arg(long, default_value_t = 1)]
         uses: u32,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum VolumeCmd {
+    /// Create a replicated file volume.
+    Create {
+        name: String,
+        #[arg(long, default_value_t = 3)]
+        replicas: u8,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List volumes.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Show a volume's leader, replicas and usage.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -280,6 +326,27 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             println!("removed {name}");
             Ok(())
         }
+        Cmd::Volume { cmd } => volume(cmd),
+        Cmd::Mount { name, dir, api } => {
+            let c = client::Client::new(&api)?;
+            let path = std::path::absolute(&dir)?;
+            let _: serde_json::Value = c.post(
+                "/api/v1/mounts",
+                &serde_json::json!({ "volume": name, "path": path }),
+            )?;
+            println!("mounted volume {name} at {}", path.display());
+            Ok(())
+        }
+        Cmd::Umount { dir, api } => {
+            let c = client::Client::new(&api)?;
+            let path = std::path::absolute(&dir)?;
+            let _: serde_json::Value = c.post(
+                "/api/v1/mounts/unmount",
+                &serde_json::json!({ "path": path }),
+            )?;
+            println!("unmounted {}", path.display());
+            Ok(())
+        }
         Cmd::Demo { nodes, dir } => demo::run(nodes, dir),
         Cmd::Debug {
             cmd: DebugCmd::Probe { peer, data },
@@ -315,4 +382,65 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
+    use holdfast_node::api::{VolumeInfo, VolumeStatus};
+    match cmd {
+        VolumeCmd::Create {
+            name,
+            replicas,
+            api,
+        } => {
+            let c = client::Client::new(&api)?;
+            let v: VolumeInfo = c.post(
+                "/api/v1/volumes",
+                &serde_json::json!({ "name": name, "replicas": replicas }),
+            )?;
+            println!("created volume {} on {}", v.name, v.replicas.join(", "));
+        }
+        VolumeCmd::List { json, api } => {
+            let c = client::Client::new(&api)?;
+            let vs: Vec<VolumeInfo> = c.get("/api/v1/volumes")?;
+            if json {
+                println!("{}", serde_json::to_string(&vs)?);
+            } else {
+                println!("{:<24} {:<6} REPLICAS", "VOLUME", "KIND");
+                for v in vs {
+                    println!("{:<24} {:<6} {}", v.name, v.kind, v.replicas.join(","));
+                }
+            }
+        }
+        VolumeCmd::Status { name, json, api } => {
+            let c = client::Client::new(&api)?;
+            let s: VolumeStatus = c.get(&format!("/api/v1/volumes/{name}"))?;
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
+            } else {
+                println!(
+                    "volume {} ({})  leader {}  {} files  {} bytes",
+                    s.name,
+                    s.kind,
+                    s.leader.as_deref().unwrap_or("(none)"),
+                    s.files,
+                    s.bytes_used
+                );
+                println!(
+                    "{:<16} {:<8} {:>10} {:>8} {:>12}",
+                    "REPLICA", "HEALTH", "APPLIED", "LAG", "RESYNC_LEFT"
+                );
+                for r in s.replicas {
+                    println!(
+                        "{:<16} {:<8} {:>10} {:>8} {:>12}",
+                        r.node,
+                        if r.healthy { "healthy" } else { "DOWN" },
+                        r.applied_index,
+                        r.lag_entries,
+                        r.resync_bytes_left
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }

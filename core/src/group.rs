@@ -64,6 +64,9 @@ pub enum Output<E> {
     Send(Message),
     /// A state-machine event.
     Event(E),
+    /// The read `ctx` asked for ([`RaftGroup::read_index`]) is linearizable
+    /// once this node has applied `index`.
+    ReadIndex { ctx: u64, index: u64 },
 }
 
 /// A summary of the group for status reporting.
@@ -108,9 +111,11 @@ pub struct LogStore {
     snap_index: u64,
     snap_term: u64,
     last_index: u64,
-    /// The state machine at `applied`, served to followers that are too
-    /// far behind for the log.
-    sm_snapshot: (u64, Vec<u8>),
+    /// The state machine at some applied index, served to followers that
+    /// are too far behind for the log. Built only when raft-rs asks for it
+    /// (`snapshot_wanted`), because a volume's state is large.
+    sm_snapshot: (u64, Vec<u8>, ConfState),
+    snapshot_wanted: std::cell::Cell<bool>,
 }
 
 impl LogStore {
@@ -159,7 +164,8 @@ impl LogStore {
             snap_index,
             snap_term,
             last_index,
-            sm_snapshot: (0, Vec::new()),
+            sm_snapshot: (0, Vec::new(), ConfState::default()),
+            snapshot_wanted: std::cell::Cell::new(false),
         })
     }
 
@@ -333,9 +339,16 @@ impl raft::Storage for LogStore {
         Ok(self.last_index)
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let (index, data) = &self.sm_snapshot;
-        if *index < request_index || *index == 0 {
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        // The configuration travels with the state it was built from.
+        let (index, data, conf_state) = &self.sm_snapshot;
+        // A follower refuses a snapshot whose configuration does not name
+        // it: one built before `to` joined is of no use to `to`.
+        let names_to = conf_state.voters.contains(&to) || conf_state.learners.contains(&to);
+        if *index < request_index || *index == 0 || !names_to || self.term(*index).is_err() {
+            // The group builds one when this round ends; raft-rs asks
+            // again on the next heartbeat response.
+            self.snapshot_wanted.set(true);
             return Err(raft::Error::Store(
                 raft::StorageError::SnapshotTemporarilyUnavailable,
             ));
@@ -347,13 +360,25 @@ impl raft::Storage for LogStore {
         let meta = snap.mut_metadata();
         meta.index = *index;
         meta.term = self.term(*index)?;
-        meta.set_conf_state(self.conf_state.clone());
+        meta.set_conf_state(conf_state.clone());
         Ok(snap)
     }
 }
 
-/// A slog drain that forwards raft-rs's log lines to `tracing`.
+/// A slog drain that forwards raft-rs's log lines, with their key-values,
+/// to `tracing`.
 struct TracingDrain;
+
+/// Collects slog key-values as `k=v` text.
+struct KvText(String);
+
+impl slog::Serializer for KvText {
+    fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments<'_>) -> slog::Result {
+        use std::fmt::Write as _;
+        let _ = write!(self.0, " {key}={val}");
+        Ok(())
+    }
+}
 
 impl slog::Drain for TracingDrain {
     type Ok = ();
@@ -361,15 +386,20 @@ impl slog::Drain for TracingDrain {
     fn log(
         &self,
         record: &slog::Record<'_>,
-        _values: &slog::OwnedKVList,
+        values: &slog::OwnedKVList,
     ) -> Result<(), slog::Never> {
+        use slog::KV as _;
+        let mut kv = KvText(String::new());
+        let _ = record.kv().serialize(record, &mut kv);
+        let _ = values.serialize(record, &mut kv);
+        let kv = kv.0;
         match record.level() {
             slog::Level::Critical | slog::Level::Error => {
-                tracing::error!(target: "raft", "{}", record.msg())
+                tracing::error!(target: "raft", "{}{kv}", record.msg())
             }
-            slog::Level::Warning => tracing::warn!(target: "raft", "{}", record.msg()),
-            slog::Level::Info => tracing::debug!(target: "raft", "{}", record.msg()),
-            _ => tracing::trace!(target: "raft", "{}", record.msg()),
+            slog::Level::Warning => tracing::warn!(target: "raft", "{}{kv}", record.msg()),
+            slog::Level::Info => tracing::debug!(target: "raft", "{}{kv}", record.msg()),
+            _ => tracing::trace!(target: "raft", "{}{kv}", record.msg()),
         }
         Ok(())
     }
@@ -385,6 +415,11 @@ pub struct RaftGroup<S: StateMachine> {
     rng: ChaCha8Rng,
     last_role: (u64, StateRole),
     outputs: VecDeque<Output<S::Event>>,
+    log_retention: Option<u64>,
+    held: bool,
+    /// Peers sent a snapshot in this round, reported as delivered after it.
+    snapshots_sent: Vec<u64>,
+    group: u64,
 }
 
 impl<S: StateMachine> std::fmt::Debug for RaftGroup<S> {
@@ -393,6 +428,12 @@ impl<S: StateMachine> std::fmt::Debug for RaftGroup<S> {
             .field("status", &self.status())
             .finish()
     }
+}
+
+/// Whether `engine` holds any state of group `group`.
+pub fn exists(engine: Arc<dyn Engine>, group: u64) -> Result<bool, GroupError> {
+    let store = LogStore::open(engine, group)?;
+    Ok(store.hard_state.term != 0 || store.last_index != 0)
 }
 
 /// Writes the first state of a brand-new group: a snapshot mark at index 1
@@ -438,7 +479,7 @@ impl<S: StateMachine> RaftGroup<S> {
         sm: S,
         seed: u64,
     ) -> Result<Self, GroupError> {
-        let mut store = LogStore::open(engine.clone(), group)?;
+        let store = LogStore::open(engine.clone(), group)?;
         let prefix = store.prefix.clone();
         let applied = match engine.get(&key(&prefix, b"applied"))? {
             Some(b) => u64::from_be_bytes(
@@ -454,9 +495,6 @@ impl<S: StateMachine> RaftGroup<S> {
                 format!("{applied} is beyond commit {}", store.hard_state.commit),
             ));
         }
-        if applied > 0 {
-            store.sm_snapshot = (applied, sm.snapshot());
-        }
         let cfg = raft::Config {
             id,
             election_tick: limits::ELECTION_TICKS,
@@ -468,7 +506,7 @@ impl<S: StateMachine> RaftGroup<S> {
             pre_vote: true,
             ..Default::default()
         };
-        let logger = slog::Logger::root(TracingDrain, slog::o!());
+        let logger = slog::Logger::root(TracingDrain, slog::o!("group" => group));
         let raw = RawNode::new(&cfg, store, &logger)?;
         let mut g = Self {
             raw,
@@ -479,6 +517,10 @@ impl<S: StateMachine> RaftGroup<S> {
             rng: ChaCha8Rng::seed_from_u64(seed ^ id.rotate_left(17)),
             last_role: (0, StateRole::Follower),
             outputs: VecDeque::new(),
+            log_retention: Some(limits::META_LOG_ENTRIES_MAX),
+            held: false,
+            snapshots_sent: Vec::new(),
+            group,
         };
         g.rerandomize_timeout();
         Ok(g)
@@ -550,6 +592,20 @@ impl<S: StateMachine> RaftGroup<S> {
         self.process()
     }
 
+    /// Starts a linearizable read: an [`Output::ReadIndex`] with the same
+    /// `ctx` follows once the leader has confirmed it still leads. Only a
+    /// leader answers; elsewhere the request is dropped.
+    pub fn read_index(&mut self, ctx: u64) -> Result<(), GroupError> {
+        self.raw.read_index(ctx.to_be_bytes().to_vec());
+        self.process()
+    }
+
+    /// How many applied entries the log keeps before it is compacted;
+    /// `None` keeps them all.
+    pub fn set_log_retention(&mut self, entries: Option<u64>) {
+        self.log_retention = entries;
+    }
+
     /// Asks this node to start an election now (used at bootstrap).
     pub fn campaign(&mut self) -> Result<(), GroupError> {
         self.raw.campaign()?;
@@ -567,15 +623,40 @@ impl<S: StateMachine> RaftGroup<S> {
     }
 
     fn send(&mut self, msgs: Vec<Message>) {
+        for m in &msgs {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
+                self.snapshots_sent.push(m.to);
+            }
+        }
         self.outputs.extend(msgs.into_iter().map(Output::Send));
+    }
+
+    /// Defers persisting and sending until [`RaftGroup::release`], so that
+    /// many inputs share one synced write.
+    pub fn hold(&mut self) {
+        self.held = true;
+    }
+
+    /// Ends [`RaftGroup::hold`]: persists and sends what the held inputs
+    /// produced.
+    pub fn release(&mut self) -> Result<(), GroupError> {
+        self.held = false;
+        self.process()
     }
 
     fn process(&mut self) -> Result<(), GroupError> {
         self.rerandomize_timeout();
+        if self.held {
+            return Ok(());
+        }
+        // raft-rs asked for a snapshot we did not have: build it now (every
+        // applied entry is in the engine), and raft-rs asks again.
+        self.build_snapshot_if_wanted();
         if !self.raw.has_ready() {
             return Ok(());
         }
         let mut ready = self.raw.ready();
+        let read_states = ready.take_read_states();
         // A leader may send before it persists (Raft thesis 10.2.1).
         self.send(ready.take_messages());
 
@@ -593,7 +674,6 @@ impl<S: StateMachine> RaftGroup<S> {
                 key(&self.prefix, b"applied"),
                 self.applied.to_be_bytes().to_vec(),
             );
-            self.raw.mut_store().sm_snapshot = (self.applied, self.sm.snapshot());
         }
         self.apply(ready.take_committed_entries(), &mut batch)?;
         self.raw.mut_store().append(ready.entries(), &mut batch)?;
@@ -620,10 +700,42 @@ impl<S: StateMachine> RaftGroup<S> {
         }
         self.raw.advance_apply();
         self.maybe_compact()?;
+        // The transport gives no delivery receipts: count a snapshot as
+        // delivered. If it was lost, the follower rejects the next append
+        // and raft-rs sends a new one; without this report the follower
+        // would wait in snapshot state for ever.
+        for to in std::mem::take(&mut self.snapshots_sent) {
+            self.raw.report_snapshot(to, raft::SnapshotStatus::Finish);
+        }
+        self.build_snapshot_if_wanted();
+        for rs in read_states {
+            let ctx = u64::from_be_bytes(rs.request_ctx.as_slice().try_into().unwrap_or_default());
+            self.outputs.push_back(Output::ReadIndex {
+                ctx,
+                index: rs.index,
+            });
+        }
         self.outputs
             .extend(self.sm.take_events().into_iter().map(Output::Event));
         self.rerandomize_timeout();
         Ok(())
+    }
+
+    /// Builds the snapshot raft-rs asked for, if it did.
+    fn build_snapshot_if_wanted(&mut self) {
+        if self.raw.store().snapshot_wanted.replace(false) {
+            let started = std::time::Instant::now();
+            let data = self.sm.snapshot();
+            tracing::info!(
+                group = self.group,
+                index = self.applied,
+                bytes = data.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "built snapshot"
+            );
+            let conf_state = self.raw.store().conf_state.clone();
+            self.raw.mut_store().sm_snapshot = (self.applied, data, conf_state);
+        }
     }
 
     fn apply(&mut self, entries: Vec<Entry>, batch: &mut Batch) -> Result<(), GroupError> {
@@ -646,6 +758,13 @@ impl<S: StateMachine> RaftGroup<S> {
                     if self.sm.check_conf_change(e.index, &cc, batch) {
                         let cs = self.raw.apply_conf_change(&cc)?;
                         self.raw.mut_store().set_conf_state(&cs, batch)?;
+                        // raft-rs 0.7 leaves a removed leader leading, and it
+                        // panics on its next commit: step down instead.
+                        let me = self.raw.raft.id;
+                        if self.raw.raft.state == StateRole::Leader && !cs.voters.contains(&me) {
+                            let term = self.raw.raft.term;
+                            self.raw.raft.become_follower(term, raft::INVALID_ID);
+                        }
                     }
                 }
                 EntryType::EntryConfChangeV2 => {
@@ -660,13 +779,15 @@ impl<S: StateMachine> RaftGroup<S> {
             key(&self.prefix, b"applied"),
             self.applied.to_be_bytes().to_vec(),
         );
-        self.raw.mut_store().sm_snapshot = (self.applied, self.sm.snapshot());
         Ok(())
     }
 
     fn maybe_compact(&mut self) -> Result<(), GroupError> {
+        let Some(keep) = self.log_retention else {
+            return Ok(());
+        };
         let store = self.raw.store();
-        if self.applied < store.first() + limits::META_LOG_ENTRIES_MAX {
+        if self.applied < store.first() + keep {
             return Ok(());
         }
         let mut batch = Batch::new();

@@ -8,6 +8,7 @@
 //! what lets the same code run in the node daemon and in deterministic
 //! simulation.
 
+pub mod fs;
 pub mod group;
 pub mod limits;
 pub mod meta;

@@ -19,6 +19,8 @@ pub const NODE_NAME_BYTES_MAX: usize = 63;
 pub const ADDR_BYTES_MAX: usize = 255;
 /// Members of one cluster (voters, learners and witnesses).
 pub const NODES_MAX: usize = 64;
+/// Volumes in one cluster.
+pub const VOLUMES_MAX: usize = 256;
 /// Join tokens alive at once.
 pub const TOKENS_MAX: usize = 1024;
 /// Uses one join token may allow.
@@ -37,6 +39,8 @@ pub const HEARTBEAT_TICKS: usize = 2;
 
 /// Inputs waiting for the node's consensus thread.
 pub const INBOX_DEPTH_MAX: usize = 4096;
+/// Inputs the consensus thread takes before it persists and sends.
+pub const INBOX_BATCH_MAX: usize = 256;
 /// Frames waiting to be sent to one peer; more are dropped (Raft resends).
 pub const PEER_QUEUE_DEPTH_MAX: usize = 1024;
 /// HTTP API requests served at once; more wait.
@@ -49,6 +53,12 @@ pub const API_BODY_BYTES_MAX: usize = 64 << 10;
 pub const PROPOSAL_TIMEOUT_MS: u64 = 10_000;
 /// How long a joining node waits for its join to be committed.
 pub const JOIN_TIMEOUT_MS: u64 = 20_000;
+/// A consensus round (persist, apply, send) slower than this is logged:
+/// every group on the node waits for it.
+pub const CONSENSUS_ROUND_SLOW_MS: u64 = 50;
+/// How long a volume operation waits for a reachable leader before it
+/// fails with EIO (a volume that lost its majority never hangs).
+pub const VOLUME_WAIT_MS: u64 = 10_000;
 /// How long to wait for a QUIC handshake.
 pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
 /// How often a node pings every peer.
@@ -57,3 +67,23 @@ pub const PING_INTERVAL_MS: u64 = 500;
 pub const PEER_HEALTHY_WITHIN_MS: u64 = 2_000;
 /// QUIC idle timeout: a silent connection is dropped after this long.
 pub const PEER_IDLE_TIMEOUT_MS: u64 = 10_000;
+
+/// File volumes: bytes per stored block of file data.
+pub const FS_BLOCK_BYTES: u64 = 64 << 10;
+/// Longest file or directory name, as in Linux.
+pub const FS_NAME_BYTES_MAX: usize = 255;
+/// Largest file (16 TiB).
+pub const FS_FILE_BYTES_MAX: u64 = 16 << 40;
+/// Largest payload of one replicated write.
+pub const FS_WRITE_BYTES_MAX: usize = 1 << 20;
+/// Longest symlink target.
+pub const FS_SYMLINK_BYTES_MAX: usize = 4096;
+/// Longest extended attribute name and value, as in Linux.
+pub const FS_XATTR_NAME_BYTES_MAX: usize = 255;
+pub const FS_XATTR_VALUE_BYTES_MAX: usize = 64 << 10;
+/// Largest replicated filesystem command (a write plus its header).
+pub const FS_COMMAND_BYTES_MAX: usize = FS_WRITE_BYTES_MAX + (64 << 10);
+/// Directory entries returned by one listing call.
+pub const FS_READDIR_ENTRIES_MAX: usize = 1024;
+/// Largest read served by one call.
+pub const FS_READ_BYTES_MAX: usize = 4 << 20;

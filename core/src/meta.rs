@@ -97,6 +97,18 @@ pub struct MetaState {
     pub revoked: BTreeSet<u64>,
     /// Join tokens by id.
     pub tokens: BTreeMap<String, TokenRecord>,
+    /// Volumes by id (the id is also the volume's consensus group).
+    pub volumes: BTreeMap<u64, VolumeRecord>,
+}
+
+/// A file volume and where its replicas live.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeRecord {
+    pub id: u64,
+    pub name: String,
+    /// Node ids holding a replica; they form the volume's consensus group.
+    pub replicas: Vec<u64>,
+    pub created_ms: u64,
 }
 
 impl std::fmt::Debug for MetaState {
@@ -113,6 +125,10 @@ impl std::fmt::Debug for MetaState {
 impl MetaState {
     pub fn node_by_name(&self, name: &str) -> Option<&NodeRecord> {
         self.nodes.values().find(|n| n.name == name)
+    }
+
+    pub fn volume_by_name(&self, name: &str) -> Option<&VolumeRecord> {
+        self.volumes.values().find(|v| v.name == name)
     }
 
     /// Whether a peer presenting a certificate for `id` may talk to us.
@@ -160,6 +176,14 @@ pub enum Command {
         secret_hash: String,
         expires_at_ms: u64,
         uses_max: u32,
+        now_ms: u64,
+    },
+    /// Creates volume `name` with `replicas` replicas, placed here, at
+    /// apply time, on the data nodes holding the fewest replicas.
+    CreateVolume {
+        id: u64,
+        name: String,
+        replicas: u8,
         now_ms: u64,
     },
 }
@@ -221,6 +245,7 @@ pub enum MetaEvent {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     TokenCreated,
+    VolumeCreated { id: u64 },
     Joined { id: u64 },
     Removed { id: u64 },
 }
@@ -301,6 +326,60 @@ impl MetaMachine {
                     },
                 );
                 Ok(Outcome::TokenCreated)
+            }
+            Command::CreateVolume {
+                id,
+                name,
+                replicas,
+                now_ms,
+            } => {
+                let st = &self.state;
+                wire::check_name(&name).map_err(|e| e.replace("node name", "volume name"))?;
+                if st.volume_by_name(&name).is_some() {
+                    return Err(format!("a volume named {name:?} already exists"));
+                }
+                if id == 0 || id == META_GROUP || st.volumes.contains_key(&id) {
+                    return Err("volume id already used".into());
+                }
+                if st.volumes.len() >= limits::VOLUMES_MAX {
+                    return Err(format!("too many volumes (limit {})", limits::VOLUMES_MAX));
+                }
+                let want = replicas as usize;
+                let data_nodes: Vec<u64> = st
+                    .nodes
+                    .values()
+                    .filter(|n| n.role == Role::Voter)
+                    .map(|n| n.id)
+                    .collect();
+                if want == 0 || want > data_nodes.len() {
+                    return Err(format!(
+                        "a volume needs 1 to {} replicas here ({} data nodes), not {want}",
+                        data_nodes.len(),
+                        data_nodes.len()
+                    ));
+                }
+                let load = |id: u64| {
+                    st.volumes
+                        .values()
+                        .filter(|v| v.replicas.contains(&id))
+                        .count()
+                };
+                let mut by_load: Vec<(usize, u64)> =
+                    data_nodes.iter().map(|&n| (load(n), n)).collect();
+                by_load.sort_unstable();
+                let mut chosen: Vec<u64> = by_load.into_iter().take(want).map(|(_, n)| n).collect();
+                chosen.sort_unstable();
+                let st = Arc::make_mut(&mut self.state);
+                st.volumes.insert(
+                    id,
+                    VolumeRecord {
+                        id,
+                        name,
+                        replicas: chosen,
+                        created_ms: now_ms,
+                    },
+                );
+                Ok(Outcome::VolumeCreated { id })
             }
         }
     }

@@ -3,6 +3,7 @@
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
+use crate::fs::{Attr, DirEntry, Errno, FsOp, FsResult, Ino, Stats};
 use crate::limits;
 use crate::meta::Role;
 
@@ -10,9 +11,92 @@ use crate::meta::Role;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum PeerMsg {
     /// A Raft message (protobuf bytes) for consensus group `group`.
-    Raft { group: u64, msg: Vec<u8> },
+    Raft {
+        group: u64,
+        #[serde(with = "serde_bytes")]
+        msg: Vec<u8>,
+    },
     /// Liveness probe; carries nothing but its sender.
     Ping,
+    /// A request about a volume, on a request/response stream.
+    Vol(VolRequest),
+}
+
+/// What a node asks a volume's replica (normally its leader).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum VolRequest {
+    /// Replicate a change. Only the leader takes it.
+    Op { volume: u64, op: FsOp },
+    /// A linearizable read. Only the leader answers it.
+    Read { volume: u64, read: FsRead },
+    /// This replica's progress (any replica answers).
+    Status { volume: u64 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum FsRead {
+    GetAttr {
+        ino: Ino,
+    },
+    Lookup {
+        parent: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    ReadDir {
+        ino: Ino,
+        #[serde(with = "serde_bytes")]
+        after: Vec<u8>,
+    },
+    Read {
+        ino: Ino,
+        offset: u64,
+        len: u32,
+    },
+    ReadLink {
+        ino: Ino,
+    },
+    GetXattr {
+        ino: Ino,
+        #[serde(with = "serde_bytes")]
+        name: Vec<u8>,
+    },
+    ListXattr {
+        ino: Ino,
+    },
+    Stats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ReadReply {
+    Attr(Attr),
+    Entries(Vec<(Vec<u8>, DirEntry)>),
+    Data(#[serde(with = "serde_bytes")] Vec<u8>),
+    Names(Vec<Vec<u8>>),
+    Stats(Stats),
+}
+
+/// A replica's view of its volume group.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    pub leader: Option<u64>,
+    pub term: u64,
+    pub commit: u64,
+    pub applied: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum VolReply {
+    Op(FsResult),
+    Read(Result<ReadReply, Errno>),
+    Status(ReplicaStatus),
+    /// Ask `leader` instead (`None`: no leader known yet).
+    NotLeader {
+        leader: Option<u64>,
+    },
+    /// This node cannot serve the volume now (not a replica, busy, or
+    /// stopping). Try another replica.
+    Unavailable(String),
 }
 
 /// Sent by a node that has no certificate yet, over an unauthenticated
@@ -26,6 +110,7 @@ pub struct JoinRequest {
     pub api_addr: String,
     pub role: Role,
     /// A PKCS#10 certificate signing request for the joiner's own key.
+    #[serde(with = "serde_bytes")]
     pub csr_der: Vec<u8>,
 }
 

@@ -28,6 +28,8 @@ pub struct ApiState {
     pub me: u64,
     pub metrics: Metrics,
     pub registry: Arc<Registry>,
+    pub volumes: Arc<crate::volume::Volumes>,
+    pub mounts: Arc<crate::mounts::Mounts>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -115,6 +117,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/cluster", get(cluster))
         .route("/api/v1/tokens", post(create_token))
         .route("/api/v1/nodes/{name}", delete(remove_node))
+        .route("/api/v1/volumes", post(create_volume).get(list_volumes))
+        .route("/api/v1/volumes/{name}", get(volume_status))
+        .route("/api/v1/mounts", post(mount).get(list_mounts))
+        .route("/api/v1/mounts/unmount", post(umount))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
@@ -297,4 +303,252 @@ async fn remove_node(
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no node named {name:?}")))?;
     st.driver.conf_change(Change::Remove { id }).await?;
     Ok(Json(serde_json::json!({ "removed": name })))
+}
+
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad(format!("malformed request: {e}")))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VolumeCreate {
+    name: String,
+    #[serde(default = "default_replicas")]
+    replicas: u8,
+}
+fn default_replicas() -> u8 {
+    3
+}
+
+/// A volume as `volume list` shows it.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeInfo {
+    pub name: String,
+    pub kind: String,
+    pub replicas: Vec<String>,
+    pub created_ms: u64,
+}
+
+/// `volume status --json`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeStatus {
+    pub name: String,
+    pub kind: String,
+    pub leader: Option<String>,
+    pub replicas: Vec<ReplicaInfo>,
+    pub bytes_used: u64,
+    pub files: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicaInfo {
+    pub node: String,
+    /// The replica answered within a second.
+    pub healthy: bool,
+    pub applied_index: u64,
+    /// Entries it has yet to apply, against the most advanced replica.
+    pub lag_entries: u64,
+    /// Bytes a snapshot resync still has to send (0: catching up by log).
+    pub resync_bytes_left: u64,
+}
+
+fn volume_info(meta: &MetaState, v: &holdfast_core::meta::VolumeRecord) -> VolumeInfo {
+    let name_of = |id: &u64| {
+        meta.nodes
+            .get(id)
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| format!("#{id}"))
+    };
+    VolumeInfo {
+        name: v.name.clone(),
+        kind: "file".into(),
+        replicas: v.replicas.iter().map(name_of).collect(),
+        created_ms: v.created_ms,
+    }
+}
+
+async fn create_volume(
+    State(st): State<ApiState>,
+    body: Bytes,
+) -> Result<Json<VolumeInfo>, ApiError> {
+    let req: VolumeCreate = parse_body(&body)?;
+    holdfast_core::wire::check_name(&req.name)
+        .map_err(|e| bad(e.replace("node name", "volume name")))?;
+    let id = loop {
+        let id = rand::random::<u64>() >> 12;
+        if id > 1 && !st.driver.shared().meta.volumes.contains_key(&id) {
+            break id;
+        }
+    };
+    let cmd = Command::CreateVolume {
+        id,
+        name: req.name.clone(),
+        replicas: req.replicas,
+        now_ms: crate::service::now_ms(),
+    };
+    st.driver.propose(cmd).await?;
+    let meta = st.driver.shared().meta;
+    let v = meta
+        .volumes
+        .get(&id)
+        .ok_or_else(|| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "volume vanished".into()))?;
+    Ok(Json(volume_info(&meta, v)))
+}
+
+async fn list_volumes(State(st): State<ApiState>) -> Json<Vec<VolumeInfo>> {
+    let meta = st.driver.shared().meta;
+    Json(
+        meta.volumes
+            .values()
+            .map(|v| volume_info(&meta, v))
+            .collect(),
+    )
+}
+
+async fn volume_status(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<VolumeStatus>, ApiError> {
+    let meta = st.driver.shared().meta;
+    let vol = meta
+        .volume_by_name(&name)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no volume named {name:?}")))?
+        .clone();
+    let mut asks = tokio::task::JoinSet::new();
+    for node in vol.replicas.clone() {
+        let volumes = st.volumes.clone();
+        asks.spawn(async move { (node, volumes.replica_status(vol.id, node).await) });
+    }
+    let mut answers = std::collections::BTreeMap::new();
+    while let Some(Ok((node, s))) = asks.join_next().await {
+        answers.insert(node, s);
+    }
+    let best = answers
+        .values()
+        .flatten()
+        .map(|s| s.applied.max(s.commit))
+        .max()
+        .unwrap_or(0);
+    let leader = answers
+        .values()
+        .flatten()
+        .filter_map(|s| s.leader)
+        .max_by_key(|l| {
+            answers
+                .values()
+                .flatten()
+                .filter(|s| s.leader == Some(*l))
+                .count()
+        });
+    let name_of = |id: u64| {
+        meta.nodes
+            .get(&id)
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| format!("#{id}"))
+    };
+    let replicas = vol
+        .replicas
+        .iter()
+        .map(|&n| {
+            let s = answers.get(&n).cloned().flatten();
+            ReplicaInfo {
+                node: name_of(n),
+                healthy: s.is_some(),
+                applied_index: s.as_ref().map(|s| s.applied).unwrap_or(0),
+                lag_entries: s
+                    .as_ref()
+                    .map(|s| best.saturating_sub(s.applied))
+                    .unwrap_or(best),
+                resync_bytes_left: 0,
+            }
+        })
+        .collect();
+    let stats = tokio::time::timeout(
+        Duration::from_secs(2),
+        st.volumes.read(vol.id, holdfast_core::wire::FsRead::Stats),
+    )
+    .await;
+    let (bytes_used, files) = match stats {
+        Ok(Ok(holdfast_core::wire::ReadReply::Stats(s))) => (s.bytes_used, s.files),
+        _ => st
+            .driver
+            .shared()
+            .volumes
+            .get(&vol.id)
+            .map(|(_, s)| (s.bytes_used, s.files))
+            .unwrap_or((0, 0)),
+    };
+    Ok(Json(VolumeStatus {
+        name: vol.name.clone(),
+        kind: "file".into(),
+        leader: leader.map(name_of),
+        replicas,
+        bytes_used,
+        files,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MountRequest {
+    volume: String,
+    path: std::path::PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnmountRequest {
+    path: std::path::PathBuf,
+}
+
+async fn mount(
+    State(st): State<ApiState>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: MountRequest = parse_body(&body)?;
+    let mounts = st.mounts.clone();
+    let (volume, path) = (req.volume.clone(), req.path.clone());
+    tokio::task::spawn_blocking(move || mounts.mount(&volume, &path))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| {
+            ApiError(
+                if e.starts_with("no volume") {
+                    StatusCode::NOT_FOUND
+                } else {
+                    StatusCode::CONFLICT
+                },
+                e,
+            )
+        })?;
+    Ok(Json(
+        serde_json::json!({ "volume": req.volume, "path": req.path }),
+    ))
+}
+
+async fn umount(
+    State(st): State<ApiState>,
+    body: Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req: UnmountRequest = parse_body(&body)?;
+    let mounts = st.mounts.clone();
+    let path = req.path.clone();
+    tokio::task::spawn_blocking(move || mounts.umount(&path))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| {
+            ApiError(
+                if e.contains("not a holdfast mount") {
+                    StatusCode::NOT_FOUND
+                } else {
+                    StatusCode::CONFLICT
+                },
+                e,
+            )
+        })?;
+    Ok(Json(serde_json::json!({ "unmounted": req.path })))
+}
+
+async fn list_mounts(State(st): State<ApiState>) -> Json<Vec<crate::mounts::MountRecord>> {
+    Json(st.mounts.list())
 }

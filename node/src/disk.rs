@@ -28,6 +28,11 @@ pub struct NodeFile {
     pub api: String,
     /// blake3 of the CA certificate: the cluster this folder belongs to.
     pub ca_fingerprint: String,
+    /// The members named in the join reply. A node admits and dials them
+    /// until its own copy of the metadata arrives, also across a restart
+    /// that comes before that.
+    #[serde(default)]
+    pub seed_peers: Vec<holdfast_core::wire::PeerInfo>,
 }
 
 #[derive(Debug, Clone)]

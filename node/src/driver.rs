@@ -1,30 +1,36 @@
-//! The consensus thread: the only owner of the metadata [`RaftGroup`]. It
-//! turns wall-clock time into ticks, feeds peer messages and proposals to
-//! the group, hands outgoing messages to the transport, and publishes a
-//! snapshot of the state for readers.
+//! The consensus thread: the only owner of the node's consensus groups, the
+//! metadata group and one group per local volume replica. It turns
+//! wall-clock time into ticks, feeds the groups from a bounded inbox, hands
+//! their messages to the transport, settles proposals and reads, and
+//! publishes a snapshot of the state for readers.
 //!
-//! Invariant: only this thread touches the group; everyone else talks to it
-//! through the bounded inbox and reads [`Shared`].
+//! Inputs are taken in batches (up to `INBOX_BATCH_MAX`) with the groups
+//! held, so that many proposals share one synced write.
+//!
+//! Invariant: only this thread touches the groups; everyone else talks to
+//! it through the bounded inbox ([`DriverHandle`]) and reads [`Shared`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use holdfast_core::group::{GroupError, GroupStatus, Output, RaftGroup};
+use holdfast_core::fs::{FsEvent, FsMachine, FsOp, FsProposal, FsView, Stats};
+use holdfast_core::group::{self, GroupError, GroupStatus, Output, RaftGroup};
 use holdfast_core::limits;
 use holdfast_core::meta::{
-    Change, Command, ConfContext, MetaEvent, MetaMachine, MetaState, Outcome, Proposal,
+    Change, Command, ConfContext, MetaEvent, MetaMachine, MetaState, Outcome, Proposal, META_GROUP,
 };
-use holdfast_core::wire::{self, PeerMsg};
+use holdfast_core::wire::{self, PeerMsg, ReplicaStatus, VolReply};
 use holdfast_core::{RaftMessage, StateRole};
+use holdfast_storage::Engine;
 use holdfast_transport::Transport;
 use tokio::sync::oneshot;
 
 use crate::metrics::{label, Metrics};
 
-/// Why a proposal did not produce an outcome.
+/// Why a metadata proposal did not produce an outcome.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProposeError {
     /// The cluster has no leader this node can reach. Retry later.
@@ -45,20 +51,47 @@ pub enum ProposeError {
 }
 
 type Reply = oneshot::Sender<Result<Outcome, ProposeError>>;
+type ReadReady = oneshot::Sender<Result<FsView, VolReply>>;
 
 pub enum Input {
-    Peer { from: u64, msg: RaftMessage },
-    Propose { cmd: Command, reply: Reply },
-    ConfChange { change: Change, reply: Reply },
+    Peer {
+        from: u64,
+        group: u64,
+        msg: RaftMessage,
+    },
+    Propose {
+        cmd: Command,
+        reply: Reply,
+    },
+    ConfChange {
+        change: Change,
+        reply: Reply,
+    },
+    FsOp {
+        volume: u64,
+        op: FsOp,
+        reply: oneshot::Sender<VolReply>,
+    },
+    FsRead {
+        volume: u64,
+        reply: ReadReady,
+    },
+    VolStatus {
+        volume: u64,
+        reply: oneshot::Sender<VolReply>,
+    },
     Shutdown,
 }
 
 impl std::fmt::Debug for Input {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Input::Peer { from, .. } => write!(f, "Peer({from})"),
+            Input::Peer { from, group, .. } => write!(f, "Peer({from}, group {group})"),
             Input::Propose { .. } => f.write_str("Propose"),
             Input::ConfChange { .. } => f.write_str("ConfChange"),
+            Input::FsOp { volume, .. } => write!(f, "FsOp({volume})"),
+            Input::FsRead { volume, .. } => write!(f, "FsRead({volume})"),
+            Input::VolStatus { volume, .. } => write!(f, "VolStatus({volume})"),
             Input::Shutdown => f.write_str("Shutdown"),
         }
     }
@@ -69,6 +102,8 @@ impl std::fmt::Debug for Input {
 pub struct Shared {
     pub status: GroupStatus,
     pub meta: Arc<MetaState>,
+    /// Local volume replicas: their group status and counters.
+    pub volumes: BTreeMap<u64, (GroupStatus, Stats)>,
     /// Set when the driver stopped on a fatal error.
     pub fatal: Option<String>,
 }
@@ -90,8 +125,8 @@ impl DriverHandle {
 
     /// Hands a peer's Raft message to the driver; drops it if the inbox is
     /// full (the peer resends).
-    pub fn deliver(&self, from: u64, msg: RaftMessage) -> bool {
-        self.tx.try_send(Input::Peer { from, msg }).is_ok()
+    pub fn deliver(&self, from: u64, group: u64, msg: RaftMessage) -> bool {
+        self.tx.try_send(Input::Peer { from, group, msg }).is_ok()
     }
 
     pub async fn propose(&self, cmd: Command) -> Result<Outcome, ProposeError> {
@@ -126,14 +161,92 @@ impl DriverHandle {
         }
     }
 
+    /// Replicates `op` on local volume replica `volume`, if it leads.
+    pub async fn vol_op(&self, volume: u64, op: FsOp) -> VolReply {
+        let (reply, rx) = oneshot::channel();
+        self.ask(Input::FsOp { volume, op, reply }, rx).await
+    }
+
+    /// A view of local replica `volume` at a linearizable point, if it leads.
+    pub async fn vol_read(&self, volume: u64) -> Result<FsView, VolReply> {
+        let (reply, rx) = oneshot::channel();
+        if let Err(e) = self.tx.try_send(Input::FsRead { volume, reply }) {
+            return Err(VolReply::Unavailable(
+                if matches!(e, TrySendError::Full(_)) {
+                    "node busy"
+                } else {
+                    "node stopping"
+                }
+                .into(),
+            ));
+        }
+        match tokio::time::timeout(
+            Duration::from_millis(limits::PROPOSAL_TIMEOUT_MS + 1000),
+            rx,
+        )
+        .await
+        {
+            Ok(Ok(r)) => r,
+            _ => Err(VolReply::Unavailable(
+                "no answer from the consensus thread".into(),
+            )),
+        }
+    }
+
+    pub async fn vol_status(&self, volume: u64) -> VolReply {
+        let (reply, rx) = oneshot::channel();
+        self.ask(Input::VolStatus { volume, reply }, rx).await
+    }
+
+    async fn ask(&self, input: Input, rx: oneshot::Receiver<VolReply>) -> VolReply {
+        if let Err(e) = self.tx.try_send(input) {
+            return VolReply::Unavailable(
+                if matches!(e, TrySendError::Full(_)) {
+                    "node busy"
+                } else {
+                    "node stopping"
+                }
+                .into(),
+            );
+        }
+        match tokio::time::timeout(
+            Duration::from_millis(limits::PROPOSAL_TIMEOUT_MS + 1000),
+            rx,
+        )
+        .await
+        {
+            Ok(Ok(r)) => r,
+            // The op may still commit; its outcome is unknown.
+            _ => VolReply::Op(Err(libc::EIO)),
+        }
+    }
+
     pub fn shutdown(&self) {
         let _ = self.tx.try_send(Input::Shutdown);
     }
 }
 
+/// Reads waiting on one volume's linearization point.
+#[derive(Default)]
+struct Reads {
+    /// Not yet part of a read-index round.
+    queued: Vec<ReadReady>,
+    /// The round in flight: its context, its readers, when it started.
+    round: Option<(u64, Vec<ReadReady>, Instant)>,
+    /// Rounds confirmed at an index, waiting for it to be applied.
+    confirmed: Vec<(u64, Vec<ReadReady>)>,
+}
+
+struct Volume {
+    group: RaftGroup<FsMachine>,
+    pending: HashMap<u64, (oneshot::Sender<VolReply>, Instant)>,
+    reads: Reads,
+}
+
 /// A driver that is not running yet.
 pub struct DriverStarter {
-    group: RaftGroup<MetaMachine>,
+    meta: RaftGroup<MetaMachine>,
+    engine: Arc<dyn Engine>,
     rx: Receiver<Input>,
     shared: Arc<RwLock<Shared>>,
     metrics: Metrics,
@@ -146,12 +259,69 @@ impl std::fmt::Debug for DriverStarter {
     }
 }
 
+pub struct Driver {
+    meta: RaftGroup<MetaMachine>,
+    volumes: BTreeMap<u64, Volume>,
+    engine: Arc<dyn Engine>,
+    rx: Receiver<Input>,
+    shared: Arc<RwLock<Shared>>,
+    transport: Arc<Transport>,
+    metrics: Metrics,
+    /// Peers known before the metadata arrives (a node that just joined).
+    seed_peers: HashMap<u64, SocketAddr>,
+    pending: HashMap<u64, (Reply, Instant)>,
+    next_req: u64,
+    stopping: bool,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver").field("meta", &self.meta).finish()
+    }
+}
+
+impl Driver {
+    /// Makes the driver and its handle; [`DriverStarter::spawn`] starts it
+    /// once the transport exists (the transport needs the handle first).
+    pub fn prepare(
+        meta: RaftGroup<MetaMachine>,
+        engine: Arc<dyn Engine>,
+        metrics: Metrics,
+        seed_peers: HashMap<u64, SocketAddr>,
+    ) -> (DriverStarter, DriverHandle) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(limits::INBOX_DEPTH_MAX);
+        let shared = Arc::new(RwLock::new(Shared {
+            status: meta.status(),
+            meta: meta.state_machine().state(),
+            volumes: BTreeMap::new(),
+            fatal: None,
+        }));
+        let handle = DriverHandle {
+            tx,
+            shared: shared.clone(),
+        };
+        (
+            DriverStarter {
+                meta,
+                engine,
+                rx,
+                shared,
+                metrics,
+                seed_peers,
+            },
+            handle,
+        )
+    }
+}
+
 impl DriverStarter {
     /// Starts the consensus thread.
     pub fn spawn(self, transport: Arc<Transport>) -> std::thread::JoinHandle<()> {
         let s = self;
         let mut d = Driver {
-            group: s.group,
+            meta: s.meta,
+            volumes: BTreeMap::new(),
+            engine: s.engine,
             rx: s.rx,
             shared: s.shared,
             transport,
@@ -159,6 +329,7 @@ impl DriverStarter {
             seed_peers: s.seed_peers,
             pending: HashMap::new(),
             next_req: rand::random::<u64>() >> 1,
+            stopping: false,
         };
         std::thread::Builder::new()
             .name("consensus".into())
@@ -175,105 +346,113 @@ impl DriverStarter {
     }
 }
 
-pub struct Driver {
-    group: RaftGroup<MetaMachine>,
-    rx: Receiver<Input>,
-    shared: Arc<RwLock<Shared>>,
-    transport: Arc<Transport>,
-    metrics: Metrics,
-    /// Peers known before the metadata arrives (a node that just joined).
-    seed_peers: HashMap<u64, SocketAddr>,
-    pending: HashMap<u64, (Reply, Instant)>,
-    next_req: u64,
-}
-
-impl std::fmt::Debug for Driver {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Driver")
-            .field("group", &self.group)
-            .finish()
-    }
-}
-
 impl Driver {
-    /// Makes the driver and its handle; [`Driver::spawn`] starts it once
-    /// the transport exists (the transport needs the handle first).
-    pub fn prepare(
-        group: RaftGroup<MetaMachine>,
-        metrics: Metrics,
-        seed_peers: HashMap<u64, SocketAddr>,
-    ) -> (DriverStarter, DriverHandle) {
-        let (tx, rx) = std::sync::mpsc::sync_channel(limits::INBOX_DEPTH_MAX);
-        let shared = Arc::new(RwLock::new(Shared {
-            status: group.status(),
-            meta: group.state_machine().state(),
-            fatal: None,
-        }));
-        let handle = DriverHandle {
-            tx,
-            shared: shared.clone(),
-        };
-        (
-            DriverStarter {
-                group,
-                rx,
-                shared,
-                metrics,
-                seed_peers,
-            },
-            handle,
-        )
-    }
-
     fn run(&mut self) -> Result<(), GroupError> {
         let tick = Duration::from_millis(limits::TICK_MS);
+        self.open_volumes()?;
         // A lone voter need not wait an election timeout.
-        let st = self.group.status();
+        let st = self.meta.status();
         if st.voters == [st.id] && st.leader.is_none() {
-            self.group.campaign()?;
+            self.meta.campaign()?;
         }
         let mut next_tick = Instant::now() + tick;
-        loop {
+        while !self.stopping {
             let now = Instant::now();
             if now >= next_tick {
-                self.group.tick()?;
+                self.meta.tick()?;
+                for v in self.volumes.values_mut() {
+                    v.group.tick()?;
+                }
                 next_tick += tick;
                 if next_tick < now {
                     next_tick = now + tick;
                 }
-                self.expire_pending(now);
+                self.expire(now);
             }
             match self
                 .rx
                 .recv_timeout(next_tick.saturating_duration_since(Instant::now()))
             {
-                Ok(Input::Shutdown) => return Ok(()),
-                Ok(input) => self.handle(input)?,
+                Ok(first) => {
+                    let t0 = Instant::now();
+                    self.hold();
+                    let r = self.handle_batch(first);
+                    let t1 = Instant::now();
+                    self.release()?;
+                    let t2 = Instant::now();
+                    r?;
+                    if t2 - t0 > Duration::from_millis(limits::CONSENSUS_ROUND_SLOW_MS) {
+                        tracing::warn!(
+                            handle_ms = (t1 - t0).as_millis() as u64,
+                            release_ms = (t2 - t1).as_millis() as u64,
+                            "slow consensus round"
+                        );
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
+            let t = Instant::now();
             self.flush()?;
+            if t.elapsed() > Duration::from_millis(limits::CONSENSUS_ROUND_SLOW_MS) {
+                tracing::warn!(
+                    flush_ms = t.elapsed().as_millis() as u64,
+                    "slow consensus flush"
+                );
+            }
         }
+        Ok(())
+    }
+
+    fn hold(&mut self) {
+        self.meta.hold();
+        for v in self.volumes.values_mut() {
+            v.group.hold();
+        }
+    }
+
+    fn release(&mut self) -> Result<(), GroupError> {
+        self.meta.release()?;
+        for v in self.volumes.values_mut() {
+            v.group.release()?;
+        }
+        Ok(())
+    }
+
+    fn handle_batch(&mut self, first: Input) -> Result<(), GroupError> {
+        self.handle(first)?;
+        for _ in 1..limits::INBOX_BATCH_MAX {
+            match self.rx.try_recv() {
+                Ok(input) => self.handle(input)?,
+                Err(_) => break,
+            }
+        }
+        Ok(())
     }
 
     fn handle(&mut self, input: Input) -> Result<(), GroupError> {
         match input {
-            Input::Peer { from, msg } => {
+            Input::Peer { from, group, msg } => {
                 self.metrics.raft_messages_received.inc();
                 // The transport authenticated `from`; a message that claims
                 // another sender is dropped.
-                if msg.from == from {
-                    self.group.step(msg)?;
+                if msg.from != from {
+                    return Ok(());
+                }
+                if group == META_GROUP {
+                    self.meta.step(msg)?;
+                } else if let Some(v) = self.volumes.get_mut(&group) {
+                    v.group.step(msg)?;
                 }
             }
             Input::Propose { cmd, reply } => {
                 let req_id = self.req_id();
                 let proposal = Proposal {
                     req_id,
-                    origin: self.group.id(),
+                    origin: self.meta.id(),
                     cmd,
                 };
-                match self.group.propose(wire::encode(&proposal)) {
+                match self.meta.propose(wire::encode(&proposal)) {
                     Ok(()) => {
                         self.pending.insert(req_id, (reply, Instant::now()));
                     }
@@ -284,17 +463,83 @@ impl Driver {
                 let req_id = self.req_id();
                 let ctx = ConfContext {
                     req_id,
-                    origin: self.group.id(),
+                    origin: self.meta.id(),
                     change,
                 };
-                match self.group.propose_conf_change(ctx.to_conf_change()) {
+                match self.meta.propose_conf_change(ctx.to_conf_change()) {
                     Ok(()) => {
                         self.pending.insert(req_id, (reply, Instant::now()));
                     }
                     Err(e) => self.refuse(reply, e)?,
                 }
             }
-            Input::Shutdown => {}
+            Input::FsOp { volume, op, reply } => {
+                let req_id = self.req_id();
+                let me = self.meta.id();
+                let Some(v) = self.volumes.get_mut(&volume) else {
+                    let _ =
+                        reply.send(VolReply::Unavailable("not a replica of this volume".into()));
+                    return Ok(());
+                };
+                let st = v.group.status();
+                if st.role != StateRole::Leader {
+                    let _ = reply.send(VolReply::NotLeader { leader: st.leader });
+                    return Ok(());
+                }
+                match v.group.propose(wire::encode(&FsProposal {
+                    req_id,
+                    origin: me,
+                    op,
+                })) {
+                    Ok(()) => {
+                        v.pending.insert(req_id, (reply, Instant::now()));
+                    }
+                    Err(GroupError::Raft(_)) => {
+                        let _ = reply.send(VolReply::NotLeader { leader: None });
+                    }
+                    Err(fatal) => {
+                        let _ = reply.send(VolReply::Op(Err(libc::EIO)));
+                        return Err(fatal);
+                    }
+                }
+            }
+            Input::FsRead { volume, reply } => {
+                let Some(v) = self.volumes.get_mut(&volume) else {
+                    let _ = reply.send(Err(VolReply::Unavailable(
+                        "not a replica of this volume".into(),
+                    )));
+                    return Ok(());
+                };
+                let st = v.group.status();
+                if st.role != StateRole::Leader {
+                    let _ = reply.send(Err(VolReply::NotLeader { leader: st.leader }));
+                    return Ok(());
+                }
+                v.reads.queued.push(reply);
+                if v.reads.round.is_none() {
+                    let ctx = self.next_req.wrapping_add(1);
+                    self.next_req = ctx;
+                    let readers = std::mem::take(&mut v.reads.queued);
+                    v.reads.round = Some((ctx, readers, Instant::now()));
+                    v.group.read_index(ctx)?;
+                }
+            }
+            Input::VolStatus { volume, reply } => {
+                let r = match self.volumes.get(&volume) {
+                    Some(v) => {
+                        let st = v.group.status();
+                        VolReply::Status(ReplicaStatus {
+                            leader: st.leader,
+                            term: st.term,
+                            commit: st.commit,
+                            applied: st.applied,
+                        })
+                    }
+                    None => VolReply::Unavailable("not a replica of this volume".into()),
+                };
+                let _ = reply.send(r);
+            }
+            Input::Shutdown => self.stopping = true,
         }
         Ok(())
     }
@@ -324,7 +569,7 @@ impl Driver {
         self.next_req
     }
 
-    fn expire_pending(&mut self, now: Instant) {
+    fn expire(&mut self, now: Instant) {
         let deadline = Duration::from_millis(limits::PROPOSAL_TIMEOUT_MS);
         let expired: Vec<u64> = self
             .pending
@@ -341,6 +586,31 @@ impl Driver {
                 let _ = reply.send(Err(ProposeError::Timeout));
             }
         }
+        for v in self.volumes.values_mut() {
+            let expired: Vec<u64> = v
+                .pending
+                .iter()
+                .filter(|(_, (_, t))| now.duration_since(*t) > deadline)
+                .map(|(k, _)| *k)
+                .collect();
+            for k in expired {
+                if let Some((reply, _)) = v.pending.remove(&k) {
+                    // It may still commit: the outcome is unknown.
+                    let _ = reply.send(VolReply::Op(Err(libc::EIO)));
+                }
+            }
+            if v.reads
+                .round
+                .as_ref()
+                .is_some_and(|(_, _, t)| now.duration_since(*t) > deadline)
+            {
+                if let Some((_, readers, _)) = v.reads.round.take() {
+                    for r in readers {
+                        let _ = r.send(Err(VolReply::NotLeader { leader: None }));
+                    }
+                }
+            }
+        }
     }
 
     fn peer_addr(&self, meta: &MetaState, id: u64) -> Option<SocketAddr> {
@@ -350,29 +620,86 @@ impl Driver {
         }
     }
 
-    /// Sends what the group produced, settles finished proposals and
-    /// publishes the new state.
+    fn send(&self, meta: &MetaState, group: u64, msg: RaftMessage) {
+        if let Some(addr) = self.peer_addr(meta, msg.to) {
+            self.metrics.raft_messages_sent.inc();
+            let frame = wire::encode(&PeerMsg::Raft {
+                group,
+                msg: holdfast_core::encode_raft(&msg),
+            });
+            self.transport.send(msg.to, addr, frame);
+        }
+    }
+
+    /// Opens (bootstrapping if new) every volume this node replicates.
+    fn open_volumes(&mut self) -> Result<(), GroupError> {
+        let meta = self.meta.state_machine().state();
+        let me = self.meta.id();
+        for vol in meta.volumes.values().filter(|v| v.replicas.contains(&me)) {
+            if self.volumes.contains_key(&vol.id) {
+                continue;
+            }
+            if !group::exists(self.engine.clone(), vol.id)? {
+                let created_ns = vol.created_ms as i64 * 1_000_000;
+                group::bootstrap(
+                    self.engine.clone(),
+                    vol.id,
+                    &vol.replicas,
+                    FsMachine::initial_batch(vol.id, created_ns),
+                )?;
+            }
+            let sm = FsMachine::load(self.engine.clone(), vol.id).map_err(GroupError::Corrupt)?;
+            let mut g = RaftGroup::open(me, vol.id, self.engine.clone(), sm, rand::random())?;
+            // Volume state is too large to ship as a whole: keep the log
+            // until incremental resync exists (see ARCHITECTURE.md).
+            g.set_log_retention(None);
+            if vol.replicas == [me] {
+                g.campaign()?;
+            }
+            tracing::info!(volume = %vol.name, id = vol.id, "opened volume replica");
+            self.volumes.insert(
+                vol.id,
+                Volume {
+                    group: g,
+                    pending: HashMap::new(),
+                    reads: Reads::default(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Sends what the groups produced, settles finished proposals and
+    /// reads, and publishes the new state.
     fn flush(&mut self) -> Result<(), GroupError> {
-        let outputs: Vec<_> = self.group.take_outputs().collect();
-        let meta = self.group.state_machine().state();
+        let outputs: Vec<_> = self.meta.take_outputs().collect();
+        let meta = self.meta.state_machine().state();
+        let me = self.meta.id();
+        // Publish the metadata before settling proposals, so that a caller
+        // told "done" finds the change when it looks.
+        {
+            let mut shared = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            if !Arc::ptr_eq(&shared.meta, &meta) {
+                for id in shared
+                    .meta
+                    .nodes
+                    .keys()
+                    .filter(|id| !meta.nodes.contains_key(id))
+                {
+                    self.transport.forget(*id);
+                }
+                shared.meta = meta.clone();
+            }
+        }
         for out in outputs {
             match out {
-                Output::Send(msg) => {
-                    if let Some(addr) = self.peer_addr(&meta, msg.to) {
-                        self.metrics.raft_messages_sent.inc();
-                        let frame = wire::encode(&PeerMsg::Raft {
-                            group: holdfast_core::meta::META_GROUP,
-                            msg: holdfast_core::encode_raft(&msg),
-                        });
-                        self.transport.send(msg.to, addr, frame);
-                    }
-                }
+                Output::Send(msg) => self.send(&meta, META_GROUP, msg),
                 Output::Event(MetaEvent::Done {
                     req_id,
                     origin,
                     outcome,
                 }) => {
-                    if origin != self.group.id() {
+                    if origin != me {
                         continue;
                     }
                     if let Some((reply, _)) = self.pending.remove(&req_id) {
@@ -384,30 +711,97 @@ impl Driver {
                         let _ = reply.send(outcome.map_err(ProposeError::Refused));
                     }
                 }
+                Output::ReadIndex { .. } => {}
             }
+        }
+        if meta
+            .volumes
+            .values()
+            .any(|v| v.replicas.contains(&me) && !self.volumes.contains_key(&v.id))
+        {
+            self.open_volumes()?;
+        }
+        let mut volume_status = BTreeMap::new();
+        let ids: Vec<u64> = self.volumes.keys().copied().collect();
+        for id in ids {
+            let outputs: Vec<_> = match self.volumes.get_mut(&id) {
+                Some(v) => v.group.take_outputs().collect(),
+                None => continue,
+            };
+            for out in outputs {
+                match out {
+                    Output::Send(msg) => self.send(&meta, id, msg),
+                    Output::Event(FsEvent::Done {
+                        req_id,
+                        origin,
+                        result,
+                    }) if origin == me => {
+                        if let Some((reply, _)) = self
+                            .volumes
+                            .get_mut(&id)
+                            .and_then(|v| v.pending.remove(&req_id))
+                        {
+                            let _ = reply.send(VolReply::Op(result));
+                        }
+                    }
+                    Output::Event(FsEvent::Done { .. }) => {}
+                    Output::ReadIndex { ctx, index } => {
+                        if let Some(v) = self.volumes.get_mut(&id) {
+                            if v.reads.round.as_ref().is_some_and(|(c, _, _)| *c == ctx) {
+                                if let Some((_, readers, _)) = v.reads.round.take() {
+                                    v.reads.confirmed.push((index, readers));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            let Some(v) = self.volumes.get_mut(&id) else {
+                continue;
+            };
+            let st = v.group.status();
+            // Serve confirmed reads whose index is applied.
+            let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut v.reads.confirmed)
+                .into_iter()
+                .partition(|(index, _)| *index <= st.applied);
+            v.reads.confirmed = waiting;
+            for (_, readers) in ready {
+                for r in readers {
+                    let _ = r.send(Ok(v.group.state_machine().view()));
+                }
+            }
+            if st.role != StateRole::Leader {
+                // Readers of a deposed leader go elsewhere.
+                for r in v
+                    .reads
+                    .queued
+                    .drain(..)
+                    .chain(v.reads.round.take().map(|(_, r, _)| r).unwrap_or_default())
+                {
+                    let _ = r.send(Err(VolReply::NotLeader { leader: st.leader }));
+                }
+            } else if v.reads.round.is_none() && !v.reads.queued.is_empty() {
+                let ctx = self.next_req.wrapping_add(1);
+                self.next_req = ctx;
+                let readers = std::mem::take(&mut v.reads.queued);
+                v.reads.round = Some((ctx, readers, Instant::now()));
+                v.group.read_index(ctx)?;
+                // Outputs of this round are taken on the next flush.
+            }
+            volume_status.insert(id, (st, v.group.state_machine().stats()));
         }
         if !meta.nodes.is_empty() && !self.seed_peers.is_empty() {
             self.seed_peers.clear();
         }
-        let status = self.group.status();
+        let status = self.meta.status();
         self.metrics.raft_term.set(status.term as i64);
         self.metrics
             .raft_is_leader
             .set((status.role == StateRole::Leader) as i64);
         self.metrics.raft_applied_index.set(status.applied as i64);
         let mut shared = self.shared.write().unwrap_or_else(|e| e.into_inner());
-        if !Arc::ptr_eq(&shared.meta, &meta) {
-            for id in shared
-                .meta
-                .nodes
-                .keys()
-                .filter(|id| !meta.nodes.contains_key(id))
-            {
-                self.transport.forget(*id);
-            }
-        }
         shared.status = status;
-        shared.meta = meta;
+        shared.volumes = volume_status;
         Ok(())
     }
 }

@@ -10,7 +10,9 @@ pub mod api;
 pub mod disk;
 pub mod driver;
 pub mod metrics;
+pub mod mounts;
 pub mod service;
+pub mod volume;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -246,6 +248,7 @@ fn bootstrap(
         listen: listen.to_string(),
         api: api.to_string(),
         ca_fingerprint: pki::fingerprint(&identity.ca),
+        seed_peers: Vec::new(),
     };
     write_identity(dir, &file, &ca.cert_pem, &cert_pem, &key_pem)?;
     dir.write_file(
@@ -346,20 +349,24 @@ async fn join(
         listen: listen.to_string(),
         api: api.to_string(),
         ca_fingerprint: token.ca_fingerprint,
+        seed_peers: peers.into_iter().filter(|p| p.id != node_id).collect(),
     };
     let engine = open_engine(dir)?;
     write_identity(dir, &file, &ca_pem, &cert_pem, &key_pem)?;
-    let seed_peers = peers
-        .into_iter()
-        .filter(|p| p.id != node_id)
-        .filter_map(|p| Some((p.id, p.peer_addr.parse().ok()?)))
-        .collect();
+    let seed_peers = seed_peers_of(&file);
     Ok(Started {
         file,
         identity,
         engine,
         seed_peers,
     })
+}
+
+fn seed_peers_of(file: &NodeFile) -> HashMap<u64, SocketAddr> {
+    file.seed_peers
+        .iter()
+        .filter_map(|p| Some((p.id, p.peer_addr.parse().ok()?)))
+        .collect()
 }
 
 fn restart(dir: &DataDir, file: NodeFile) -> Result<Started, NodeError> {
@@ -376,11 +383,12 @@ fn restart(dir: &DataDir, file: NodeFile) -> Result<Started, NodeError> {
         )));
     }
     let engine = open_engine(dir)?;
+    let seed_peers = seed_peers_of(&file);
     Ok(Started {
         file,
         identity,
         engine,
-        seed_peers: HashMap::new(),
+        seed_peers,
     })
 }
 
@@ -396,7 +404,12 @@ async fn run(
     let raft =
         RaftGroup::open(me, META_GROUP, s.engine.clone(), sm, rand::random()).map_err(local)?;
     let metrics = metrics::Metrics::default();
-    let (driver, handle) = driver::Driver::prepare(raft, metrics.clone(), s.seed_peers.clone());
+    let (driver, handle) = driver::Driver::prepare(
+        raft,
+        s.engine.clone(),
+        metrics.clone(),
+        s.seed_peers.clone(),
+    );
     let svc = Arc::new(service::NodeService {
         driver: handle.clone(),
         metrics: metrics.clone(),
@@ -407,12 +420,24 @@ async fn run(
     let consensus = driver.spawn(transport.clone());
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry, transport.metrics());
+    let volumes = Arc::new(volume::Volumes::new(handle.clone(), transport.clone(), me));
+    let mounts = Arc::new(mounts::Mounts::new(
+        dir.clone(),
+        volumes.clone(),
+        tokio::runtime::Handle::current(),
+    ));
     let state = api::ApiState {
         driver: handle.clone(),
         transport: transport.clone(),
         me,
         metrics,
         registry: Arc::new(registry),
+        volumes,
+        mounts: mounts.clone(),
+    };
+    let restorer = {
+        let mounts = mounts.clone();
+        tokio::task::spawn_blocking(move || mounts.restore())
     };
     let pinger = tokio::spawn(service::ping_loop(handle.clone(), transport.clone(), me));
     let token_writer = tokio::spawn(write_admin_token(dir, handle.clone()));
@@ -443,6 +468,11 @@ async fn run(
         f = fatal_rx => Err(NodeError::Fatal(f.unwrap_or_default())),
     };
     tracing::info!("node stopping");
+    let _ = restorer.await;
+    {
+        let mounts = mounts.clone();
+        let _ = tokio::task::spawn_blocking(move || mounts.shutdown()).await;
+    }
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
     pinger.abort();

@@ -40,29 +40,31 @@ impl Service for NodeService {
 
     fn deliver(&self, from: u64, frame: Vec<u8>) {
         match wire::decode::<PeerMsg>(&frame, limits::FRAME_BYTES_MAX) {
-            Ok(PeerMsg::Raft {
-                group: holdfast_core::meta::META_GROUP,
-                msg,
-            }) => match holdfast_core::decode_raft(&msg) {
+            Ok(PeerMsg::Raft { group, msg }) => match holdfast_core::decode_raft(&msg) {
                 Ok(m) => {
-                    self.driver.deliver(from, m);
+                    self.driver.deliver(from, group, m);
                 }
                 Err(e) => tracing::warn!(peer = from, error = %e, "dropped malformed raft message"),
             },
-            Ok(PeerMsg::Raft { group, .. }) => {
-                tracing::debug!(peer = from, group, "dropped message for an unknown group")
-            }
             Ok(PeerMsg::Ping) => {}
+            Ok(PeerMsg::Vol(_)) => {
+                tracing::debug!(peer = from, "dropped a volume request sent as a frame")
+            }
             Err(e) => tracing::warn!(peer = from, error = %e, "dropped malformed frame"),
         }
     }
 
     fn request(&self, _from: u64, request: Vec<u8>) -> BoxFuture<Vec<u8>> {
-        let reply = match wire::decode::<PeerMsg>(&request, limits::FRAME_BYTES_MAX) {
-            Ok(PeerMsg::Ping) => wire::encode(&PeerMsg::Ping),
-            _ => Vec::new(),
-        };
-        Box::pin(async move { reply })
+        let driver = self.driver.clone();
+        Box::pin(async move {
+            match wire::decode::<PeerMsg>(&request, limits::FRAME_BYTES_MAX) {
+                Ok(PeerMsg::Ping) => wire::encode(&PeerMsg::Ping),
+                Ok(PeerMsg::Vol(req)) => {
+                    wire::encode(&crate::volume::serve_local(&driver, req).await)
+                }
+                _ => wire::encode(&wire::VolReply::Unavailable("malformed request".into())),
+            }
+        })
     }
 
     fn join(&self, request: Vec<u8>) -> BoxFuture<Vec<u8>> {

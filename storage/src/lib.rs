@@ -81,8 +81,32 @@ impl Batch {
     pub fn len(&self) -> usize {
         self.ops.len()
     }
+    /// Drops every op after the first `len` (undoes a failed step).
+    pub fn truncate(&mut self, len: usize) {
+        self.ops.truncate(len);
+    }
     pub fn ops(&self) -> &[Op] {
         &self.ops
+    }
+
+    /// What this batch does to `key`, latest op first: `Some(Some(v))` if
+    /// it puts `v`, `Some(None)` if it deletes the key, `None` if it leaves
+    /// the key alone. Lets a state machine read its own pending writes.
+    pub fn lookup(&self, key: &[u8]) -> Option<Option<&[u8]>> {
+        self.ops.iter().rev().find_map(|op| match op {
+            Op::Put(k, v) if k == key => Some(Some(v.as_slice())),
+            Op::Delete(k) if k == key => Some(None),
+            Op::DeleteRange(s, e) if s.as_slice() <= key && key < e.as_slice() => Some(None),
+            _ => None,
+        })
+    }
+
+    /// Reads `key` as it will be once this batch is written over `engine`.
+    pub fn read_through(&self, engine: &dyn Engine, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match self.lookup(key) {
+            Some(v) => Ok(v.map(<[u8]>::to_vec)),
+            None => engine.get(key),
+        }
     }
 }
 

@@ -66,3 +66,30 @@ fn mem_engine_full_disk_fails_writes_and_changes_nothing() {
     b.put(b"k".to_vec(), b"v".to_vec());
     e.write(b, true).unwrap();
 }
+
+#[test]
+fn a_batch_reads_its_own_pending_writes() {
+    let e = MemEngine::new();
+    let mut b = Batch::new();
+    b.put(b"a".to_vec(), b"old".to_vec())
+        .put(b"c".to_vec(), b"3".to_vec());
+    e.write(b, true).unwrap();
+    let mut b = Batch::new();
+    b.put(b"a".to_vec(), b"new".to_vec());
+    b.delete_range(b"b".to_vec(), b"d".to_vec());
+    assert_eq!(
+        b.read_through(&e, b"a").unwrap().as_deref(),
+        Some(&b"new"[..])
+    );
+    assert_eq!(
+        b.read_through(&e, b"c").unwrap(),
+        None,
+        "deleted by the pending range"
+    );
+    assert_eq!(b.read_through(&e, b"z").unwrap(), None);
+    b.put(b"c".to_vec(), b"again".to_vec());
+    assert_eq!(
+        b.read_through(&e, b"c").unwrap().as_deref(),
+        Some(&b"again"[..])
+    );
+}

@@ -343,18 +343,34 @@ impl Cluster {
     /// Waits until node `i` reports `want` members, all healthy, and a
     /// leader; returns that status.
     pub fn wait_converged(&self, i: usize, want: usize) -> Status {
-        wait_until(
-            &format!(
-                "{} to see {want} healthy members and a leader",
-                self.nodes[i].name
-            ),
-            Duration::from_secs(30),
-            || {
-                self.status(i).filter(|s| {
-                    s.leader.is_some() && s.nodes.len() == want && s.nodes.iter().all(|n| n.healthy)
-                })
-            },
-        )
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.status(i);
+            if let Some(s) = s.clone().filter(|s| {
+                s.leader.is_some() && s.nodes.len() == want && s.nodes.iter().all(|n| n.healthy)
+            }) {
+                return s;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {} to see {want} healthy members and a leader; last status {s:?}\n{}", self.nodes[i].name, self.logs_tail(40));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The last `lines` lines of every node's log, for failure messages.
+    pub fn logs_tail(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for n in &self.nodes {
+            let log = n.log();
+            let all: Vec<&str> = log.lines().collect();
+            out.push_str(&format!("--- {} log (last {lines} lines) ---\n", n.name));
+            for l in &all[all.len().saturating_sub(lines)..] {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     pub fn index_of(&self, name: &str) -> usize {

@@ -1,0 +1,221 @@
+//! File volumes as the rest of the node uses them: [`Volumes`] sends each
+//! operation to the volume's leader (this node or another, over the
+//! transport), follows "not leader" hints, and gives up with `EIO` after a
+//! bounded wait; [`serve_local`] answers a request against a local
+//! replica.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use holdfast_core::fs::{Errno, FsOp, FsReply, FsView};
+use holdfast_core::limits;
+use holdfast_core::wire::{self, FsRead, PeerMsg, ReadReply, ReplicaStatus, VolReply, VolRequest};
+use holdfast_transport::{Transport, TransportError};
+
+use crate::driver::DriverHandle;
+
+/// Answers `req` from this node's replica.
+pub async fn serve_local(driver: &DriverHandle, req: VolRequest) -> VolReply {
+    match req {
+        VolRequest::Op { volume, op } => driver.vol_op(volume, op).await,
+        VolRequest::Read { volume, read } => match driver.vol_read(volume).await {
+            Ok(view) => VolReply::Read(do_read(&view, read)),
+            Err(reply) => reply,
+        },
+        VolRequest::Status { volume } => driver.vol_status(volume).await,
+    }
+}
+
+/// Runs a read against applied state.
+pub fn do_read(view: &FsView, read: FsRead) -> Result<ReadReply, Errno> {
+    Ok(match read {
+        FsRead::GetAttr { ino } => ReadReply::Attr(view.getattr(ino)?),
+        FsRead::Lookup { parent, name } => ReadReply::Attr(view.lookup(parent, &name)?),
+        FsRead::ReadDir { ino, after } => ReadReply::Entries(view.readdir(ino, &after)?),
+        FsRead::Read { ino, offset, len } => {
+            ReadReply::Data(view.read(ino, offset, len as usize)?)
+        }
+        FsRead::ReadLink { ino } => ReadReply::Data(view.readlink(ino)?),
+        FsRead::GetXattr { ino, name } => ReadReply::Data(view.getxattr(ino, &name)?),
+        FsRead::ListXattr { ino } => ReadReply::Names(view.listxattr(ino)?),
+        FsRead::Stats => ReadReply::Stats(view.stats()?),
+    })
+}
+
+/// Routes volume requests to leaders.
+#[derive(Debug)]
+pub struct Volumes {
+    pub driver: DriverHandle,
+    pub transport: Arc<Transport>,
+    pub me: u64,
+    leaders: Mutex<HashMap<u64, u64>>,
+}
+
+enum Attempt {
+    Done(VolReply),
+    /// Not taken; try `next` (or another replica).
+    Retry(Option<u64>),
+    /// Sent, but no answer: a change may or may not have happened.
+    Unknown,
+}
+
+impl Volumes {
+    pub fn new(driver: DriverHandle, transport: Arc<Transport>, me: u64) -> Self {
+        Self {
+            driver,
+            transport,
+            me,
+            leaders: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn replicas(&self, volume: u64) -> Result<Vec<u64>, Errno> {
+        let meta = self.driver.shared().meta;
+        meta.volumes
+            .get(&volume)
+            .map(|v| v.replicas.clone())
+            .ok_or(libc::ENOENT)
+    }
+
+    async fn attempt(&self, target: u64, req: &VolRequest) -> Attempt {
+        let reply = if target == self.me {
+            serve_local(&self.driver, req.clone()).await
+        } else {
+            let meta = self.driver.shared().meta;
+            let Some(addr) = meta
+                .nodes
+                .get(&target)
+                .and_then(|n| n.peer_addr.parse().ok())
+            else {
+                return Attempt::Retry(None);
+            };
+            match self
+                .transport
+                .request(target, addr, wire::encode(&PeerMsg::Vol(req.clone())))
+                .await
+            {
+                Ok(bytes) => match wire::decode::<VolReply>(&bytes, limits::FRAME_BYTES_MAX) {
+                    Ok(r) => r,
+                    Err(_) => return Attempt::Unknown,
+                },
+                // Nothing was sent: safe to try elsewhere.
+                Err(
+                    TransportError::Connect { .. }
+                    | TransportError::Timeout
+                    | TransportError::Refused(_),
+                ) => return Attempt::Retry(None),
+                Err(_) => return Attempt::Unknown,
+            }
+        };
+        match reply {
+            VolReply::NotLeader { leader } => Attempt::Retry(leader.filter(|l| *l != target)),
+            VolReply::Unavailable(_) => Attempt::Retry(None),
+            // A local timeout of a proposal: outcome unknown.
+            other => Attempt::Done(other),
+        }
+    }
+
+    /// Sends `req` to the leader of `volume`, waiting at most
+    /// `VOLUME_WAIT_MS` for one to be reachable.
+    async fn call(&self, volume: u64, req: VolRequest) -> Result<VolReply, Errno> {
+        let replicas = self.replicas(volume)?;
+        let deadline = Instant::now() + Duration::from_millis(limits::VOLUME_WAIT_MS);
+        let cached = self
+            .leaders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&volume)
+            .copied();
+        let mut target =
+            cached
+                .filter(|l| replicas.contains(l))
+                .unwrap_or(if replicas.contains(&self.me) {
+                    self.me
+                } else {
+                    replicas[0]
+                });
+        let mut turn = 0usize;
+        let started = Instant::now();
+        loop {
+            let attempt = self.attempt(target, &req).await;
+            tracing::trace!(
+                volume,
+                target,
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "volume request attempt"
+            );
+            match attempt {
+                Attempt::Done(reply) => {
+                    self.leaders
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(volume, target);
+                    return Ok(reply);
+                }
+                Attempt::Unknown => {
+                    return match req {
+                        // A read can simply be asked again.
+                        VolRequest::Read { .. } | VolRequest::Status { .. }
+                            if Instant::now() < deadline =>
+                        {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            continue;
+                        }
+                        _ => Err(libc::EIO),
+                    };
+                }
+                Attempt::Retry(hint) => {
+                    if Instant::now() >= deadline {
+                        return Err(libc::EIO);
+                    }
+                    target = match hint.filter(|h| replicas.contains(h)) {
+                        Some(h) => h,
+                        None => {
+                            turn += 1;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            replicas[turn % replicas.len()]
+                        }
+                    };
+                }
+            }
+        }
+    }
+
+    pub async fn op(&self, volume: u64, op: FsOp) -> Result<FsReply, Errno> {
+        match self.call(volume, VolRequest::Op { volume, op }).await? {
+            VolReply::Op(r) => r,
+            _ => Err(libc::EIO),
+        }
+    }
+
+    pub async fn read(&self, volume: u64, read: FsRead) -> Result<ReadReply, Errno> {
+        match self.call(volume, VolRequest::Read { volume, read }).await? {
+            VolReply::Read(r) => r,
+            _ => Err(libc::EIO),
+        }
+    }
+
+    /// What replica `node` says of its copy of `volume`, if it answers
+    /// within a second.
+    pub async fn replica_status(&self, volume: u64, node: u64) -> Option<ReplicaStatus> {
+        let req = VolRequest::Status { volume };
+        let fut = async {
+            if node == self.me {
+                return Some(serve_local(&self.driver, req).await);
+            }
+            let meta = self.driver.shared().meta;
+            let addr = meta.nodes.get(&node)?.peer_addr.parse().ok()?;
+            let bytes = self
+                .transport
+                .request(node, addr, wire::encode(&PeerMsg::Vol(req)))
+                .await
+                .ok()?;
+            wire::decode::<VolReply>(&bytes, limits::FRAME_BYTES_MAX).ok()
+        };
+        match tokio::time::timeout(Duration::from_secs(1), fut).await {
+            Ok(Some(VolReply::Status(s))) => Some(s),
+            _ => None,
+        }
+    }
+}
