@@ -2,7 +2,7 @@
 # Debian 12 (once; later runs find it installed) and sets the build env.
 set -euo pipefail
 
-need=(clang libclang-dev librocksdb-dev pkg-config fuse3 libfuse3-dev curl nftables iproute2)
+need=(clang libclang-dev librocksdb-dev pkg-config fuse3 libfuse3-dev curl nftables iproute2 rsync sqlite3 git python3)
 missing=()
 for p in "${need[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -94,25 +94,27 @@ pub fn run(count: u8, dir: Option<PathBuf>) -> anyhow::Result<()> {
     let result = start_all(&dir, count, &mut nodes).and_then(|()| {
         let admin = admin_token(&dir)?;
         let mounts = mount_web(&dir, &nodes, &admin)?;
-        println!(
+        outln!(
             "holdfast demo: {} nodes under {}",
             nodes.len(),
             dir.display()
         );
         for n in &nodes {
-            println!(
+            outln!(
                 "  {:<4} api {:<21} peer {:<21} admin token {admin}",
-                n.name, n.api, n.peer
+                n.name,
+                n.api,
+                n.peer
             );
         }
         for (name, path) in &mounts {
-            println!("  volume web on {name} at {}", path.display());
+            outln!("  volume web on {name} at {}", path.display());
         }
-        println!(
+        outln!(
             "Try:  HOLDFAST_API={} HOLDFAST_ADMIN_TOKEN={admin} holdfast status",
             nodes[0].api
         );
-        println!(
+        outln!(
             "Logs: {}/NODE.log.  Ctrl-C stops the cluster; run again with --dir {} to restart it.",
             dir.display(),
             dir.display()
@@ -133,7 +135,7 @@ pub fn run(count: u8, dir: Option<PathBuf>) -> anyhow::Result<()> {
         let _ = n.child.kill();
         let _ = n.child.wait();
     }
-    println!("holdfast demo: stopped");
+    outln!("holdfast demo: stopped");
     result
 }
 

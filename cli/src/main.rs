@@ -2,6 +2,19 @@
 //! client of a node's HTTP API, except `demo`, which runs a local cluster of
 //! `serve` processes.
 
+/// `println!` for output a pipe may stop reading (`holdfast status | head`):
+/// a closed stdout ends the program quietly instead of panicking.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 mod client;
 mod demo;
 
@@ -281,24 +294,28 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             let c = client::Client::new(&api)?;
             let body = serde_json::json!({ "ttl_s": ttl.as_secs().max(1), "uses": uses });
             let created: holdfast_node::api::TokenCreated = c.post("/api/v1/tokens", &body)?;
-            println!("{}", created.token);
+            outln!("{}", created.token);
             Ok(())
         }
         Cmd::Status { json, api } => {
             let c = client::Client::new(&api)?;
             let st: holdfast_node::api::ClusterStatus = c.get("/api/v1/cluster")?;
             if json {
-                println!("{}", serde_json::to_string(&st)?);
+                outln!("{}", serde_json::to_string(&st)?);
             } else {
-                println!(
+                outln!(
                     "cluster {}  term {}  leader {}",
                     st.cluster_id,
                     st.term,
                     st.leader.as_deref().unwrap_or("(none)")
                 );
-                println!(
+                outln!(
                     "{:<16} {:<8} {:<8} {:<22} {:<22}",
-                    "NODE", "ROLE", "HEALTH", "PEER", "API"
+                    "NODE",
+                    "ROLE",
+                    "HEALTH",
+                    "PEER",
+                    "API"
                 );
                 for n in &st.nodes {
                     let lead = if Some(&n.name) == st.leader.as_ref() {
@@ -306,7 +323,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                     } else {
                         ""
                     };
-                    println!(
+                    outln!(
                         "{:<16} {:<8} {:<8} {:<22} {:<22}",
                         format!("{}{lead}", n.name),
                         n.role,
@@ -323,7 +340,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
         } => {
             let c = client::Client::new(&api)?;
             let _: serde_json::Value = c.delete(&format!("/api/v1/nodes/{name}"))?;
-            println!("removed {name}");
+            outln!("removed {name}");
             Ok(())
         }
         Cmd::Volume { cmd } => volume(cmd),
@@ -334,7 +351,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 "/api/v1/mounts",
                 &serde_json::json!({ "volume": name, "path": path }),
             )?;
-            println!("mounted volume {name} at {}", path.display());
+            outln!("mounted volume {name} at {}", path.display());
             Ok(())
         }
         Cmd::Umount { dir, api } => {
@@ -344,7 +361,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 "/api/v1/mounts/unmount",
                 &serde_json::json!({ "path": path }),
             )?;
-            println!("unmounted {}", path.display());
+            outln!("unmounted {}", path.display());
             Ok(())
         }
         Cmd::Demo { nodes, dir } => demo::run(nodes, dir),
@@ -367,7 +384,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
                 runtime()?.block_on(holdfast_transport::probe(peer, identity.as_ref(), ping))?;
             match holdfast_core::wire::decode::<holdfast_core::wire::PeerMsg>(&reply, 1024) {
                 Ok(holdfast_core::wire::PeerMsg::Ping) => {
-                    println!("admitted");
+                    outln!("admitted");
                     Ok(())
                 }
                 _ => match holdfast_core::wire::decode::<holdfast_core::wire::JoinReply>(
@@ -397,17 +414,17 @@ fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
                 "/api/v1/volumes",
                 &serde_json::json!({ "name": name, "replicas": replicas }),
             )?;
-            println!("created volume {} on {}", v.name, v.replicas.join(", "));
+            outln!("created volume {} on {}", v.name, v.replicas.join(", "));
         }
         VolumeCmd::List { json, api } => {
             let c = client::Client::new(&api)?;
             let vs: Vec<VolumeInfo> = c.get("/api/v1/volumes")?;
             if json {
-                println!("{}", serde_json::to_string(&vs)?);
+                outln!("{}", serde_json::to_string(&vs)?);
             } else {
-                println!("{:<24} {:<6} REPLICAS", "VOLUME", "KIND");
+                outln!("{:<24} {:<6} REPLICAS", "VOLUME", "KIND");
                 for v in vs {
-                    println!("{:<24} {:<6} {}", v.name, v.kind, v.replicas.join(","));
+                    outln!("{:<24} {:<6} {}", v.name, v.kind, v.replicas.join(","));
                 }
             }
         }
@@ -415,9 +432,9 @@ fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
             let c = client::Client::new(&api)?;
             let s: VolumeStatus = c.get(&format!("/api/v1/volumes/{name}"))?;
             if json {
-                println!("{}", serde_json::to_string(&s)?);
+                outln!("{}", serde_json::to_string(&s)?);
             } else {
-                println!(
+                outln!(
                     "volume {} ({})  leader {}  {} files  {} bytes",
                     s.name,
                     s.kind,
@@ -425,12 +442,16 @@ fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
                     s.files,
                     s.bytes_used
                 );
-                println!(
+                outln!(
                     "{:<16} {:<8} {:>10} {:>8} {:>12}",
-                    "REPLICA", "HEALTH", "APPLIED", "LAG", "RESYNC_LEFT"
+                    "REPLICA",
+                    "HEALTH",
+                    "APPLIED",
+                    "LAG",
+                    "RESYNC_LEFT"
                 );
                 for r in s.replicas {
-                    println!(
+                    outln!(
                         "{:<16} {:<8} {:>10} {:>8} {:>12}",
                         r.node,
                         if r.healthy { "healthy" } else { "DOWN" },

@@ -1064,6 +1064,17 @@ impl FsView {
 
     /// Every key of this volume with the blake3 of its value: what replicas
     /// compare to find what differs.
+    /// blake3 over the manifest: equal on replicas with equal state.
+    pub fn digest(&self) -> Result<String, Errno> {
+        let mut h = blake3::Hasher::new();
+        for (k, v) in self.manifest()? {
+            h.update(&(k.len() as u64).to_be_bytes());
+            h.update(&k);
+            h.update(&v);
+        }
+        Ok(h.finalize().to_hex().to_string())
+    }
+
     pub fn manifest(&self) -> Result<Manifest, Errno> {
         let end = prefix_end(&self.prefix).unwrap_or_default();
         let mut out = Vec::new();

@@ -479,6 +479,20 @@ impl<S: StateMachine> RaftGroup<S> {
         sm: S,
         seed: u64,
     ) -> Result<Self, GroupError> {
+        Self::open_with(id, group, engine, sm, seed, limits::RAFT_INFLIGHT_MSGS_MAX)
+    }
+
+    /// [`RaftGroup::open`] with at most `inflight_msgs` appends in flight to
+    /// one follower: a group with large entries bounds what a catching-up
+    /// follower costs the leader per round (resync throttling).
+    pub fn open_with(
+        id: u64,
+        group: u64,
+        engine: Arc<dyn Engine>,
+        sm: S,
+        seed: u64,
+        inflight_msgs: usize,
+    ) -> Result<Self, GroupError> {
         let store = LogStore::open(engine.clone(), group)?;
         let prefix = store.prefix.clone();
         let applied = match engine.get(&key(&prefix, b"applied"))? {
@@ -501,7 +515,7 @@ impl<S: StateMachine> RaftGroup<S> {
             heartbeat_tick: limits::HEARTBEAT_TICKS,
             applied,
             max_size_per_msg: limits::RAFT_MSG_BYTES_MAX,
-            max_inflight_msgs: limits::RAFT_INFLIGHT_MSGS_MAX,
+            max_inflight_msgs: inflight_msgs,
             check_quorum: true,
             pre_vote: true,
             ..Default::default()

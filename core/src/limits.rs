@@ -8,6 +8,9 @@ pub const FRAME_BYTES_MAX: usize = 8 << 20;
 pub const RAFT_MSG_BYTES_MAX: u64 = 1 << 20;
 /// Appends a leader may have in flight to one follower.
 pub const RAFT_INFLIGHT_MSGS_MAX: usize = 256;
+/// The same for volume groups, whose entries carry up to 1 MiB of data:
+/// this bounds the work a catching-up replica costs the leader per round.
+pub const VOLUME_INFLIGHT_MSGS_MAX: usize = 4;
 /// Largest command a client may propose to the metadata group.
 pub const META_COMMAND_BYTES_MAX: usize = 64 << 10;
 /// Log entries kept behind the applied index before the log is compacted.
@@ -74,6 +77,9 @@ pub const FS_BLOCK_BYTES: u64 = 64 << 10;
 pub const FS_NAME_BYTES_MAX: usize = 255;
 /// Largest file (16 TiB).
 pub const FS_FILE_BYTES_MAX: u64 = 16 << 40;
+/// Written bytes of one file a mount buffers before it pushes them out
+/// unasked (they are pushed at fsync and close in any case).
+pub const FS_DIRTY_FILE_BYTES_MAX: u64 = 8 << 20;
 /// Largest payload of one replicated write.
 pub const FS_WRITE_BYTES_MAX: usize = 1 << 20;
 /// Longest symlink target.

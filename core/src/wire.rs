@@ -31,6 +31,8 @@ pub enum VolRequest {
     Read { volume: u64, read: FsRead },
     /// This replica's progress (any replica answers).
     Status { volume: u64 },
+    /// blake3 over this replica's whole applied state (any replica answers).
+    Digest { volume: u64 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -90,6 +92,11 @@ pub enum VolReply {
     Op(FsResult),
     Read(Result<ReadReply, Errno>),
     Status(ReplicaStatus),
+    /// The replica's applied index and the digest of its state there.
+    Digest {
+        applied: u64,
+        digest: String,
+    },
     /// Ask `leader` instead (`None`: no leader known yet).
     NotLeader {
         leader: Option<u64>,

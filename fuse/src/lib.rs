@@ -52,8 +52,6 @@ pub trait Backend: Send + Sync + 'static {
 }
 
 const TTL: Duration = Duration::ZERO;
-/// Buffered bytes of one file before they are pushed out unasked.
-const DIRTY_FILE_BYTES_MAX: u64 = 8 << 20;
 
 fn now_ns() -> i64 {
     SystemTime::now()
@@ -636,7 +634,7 @@ impl<B: Backend> Filesystem for VolumeFs<B> {
         let sync = self.handles.get(&fh).copied().unwrap_or(false);
         let d = self.dirty.entry(ino).or_default();
         d.add(offset, data);
-        if sync || d.bytes >= DIRTY_FILE_BYTES_MAX {
+        if sync || d.bytes >= limits::FS_DIRTY_FILE_BYTES_MAX {
             if let Err(e) = self.flush_ino(ino) {
                 return reply.error(e);
             }

@@ -119,6 +119,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/nodes/{name}", delete(remove_node))
         .route("/api/v1/volumes", post(create_volume).get(list_volumes))
         .route("/api/v1/volumes/{name}", get(volume_status))
+        .route("/api/v1/volumes/{name}/digests", get(volume_digests))
         .route("/api/v1/mounts", post(mount).get(list_mounts))
         .route("/api/v1/mounts/unmount", post(umount))
         .route("/metrics", get(metrics))
@@ -551,4 +552,53 @@ async fn umount(
 
 async fn list_mounts(State(st): State<ApiState>) -> Json<Vec<crate::mounts::MountRecord>> {
     Json(st.mounts.list())
+}
+
+/// One replica's copy of a volume, for comparing replicas.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ReplicaDigest {
+    pub node: String,
+    pub applied_index: u64,
+    /// blake3 over the replica's whole state; `None` if it did not answer.
+    pub digest: Option<String>,
+}
+
+async fn volume_digests(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<ReplicaDigest>>, ApiError> {
+    let meta = st.driver.shared().meta;
+    let vol = meta
+        .volume_by_name(&name)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no volume named {name:?}")))?
+        .clone();
+    let mut out = Vec::new();
+    for node in vol.replicas {
+        let reply = tokio::time::timeout(
+            Duration::from_secs(30),
+            st.volumes.replica_call(
+                node,
+                holdfast_core::wire::VolRequest::Digest { volume: vol.id },
+            ),
+        )
+        .await;
+        let name = meta
+            .nodes
+            .get(&node)
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| format!("#{node}"));
+        out.push(match reply {
+            Ok(Some(holdfast_core::wire::VolReply::Digest { applied, digest })) => ReplicaDigest {
+                node: name,
+                applied_index: applied,
+                digest: Some(digest),
+            },
+            _ => ReplicaDigest {
+                node: name,
+                applied_index: 0,
+                digest: None,
+            },
+        });
+    }
+    Ok(Json(out))
 }

@@ -80,6 +80,11 @@ pub enum Input {
         volume: u64,
         reply: oneshot::Sender<VolReply>,
     },
+    /// The local replica's applied index and a reader of it, unsynchronised.
+    VolView {
+        volume: u64,
+        reply: oneshot::Sender<Option<(u64, FsView)>>,
+    },
     Shutdown,
 }
 
@@ -92,6 +97,7 @@ impl std::fmt::Debug for Input {
             Input::FsOp { volume, .. } => write!(f, "FsOp({volume})"),
             Input::FsRead { volume, .. } => write!(f, "FsRead({volume})"),
             Input::VolStatus { volume, .. } => write!(f, "VolStatus({volume})"),
+            Input::VolView { volume, .. } => write!(f, "VolView({volume})"),
             Input::Shutdown => f.write_str("Shutdown"),
         }
     }
@@ -190,6 +196,23 @@ impl DriverHandle {
             _ => Err(VolReply::Unavailable(
                 "no answer from the consensus thread".into(),
             )),
+        }
+    }
+
+    /// The digest of local replica `volume` and the index it was taken at.
+    pub async fn vol_digest(&self, volume: u64) -> VolReply {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.try_send(Input::VolView { volume, reply }).is_err() {
+            return VolReply::Unavailable("node busy".into());
+        }
+        match rx.await {
+            Ok(Some((applied, view))) => {
+                match tokio::task::spawn_blocking(move || view.digest()).await {
+                    Ok(Ok(digest)) => VolReply::Digest { applied, digest },
+                    _ => VolReply::Unavailable("cannot read the replica".into()),
+                }
+            }
+            _ => VolReply::Unavailable("not a replica of this volume".into()),
         }
     }
 
@@ -539,6 +562,13 @@ impl Driver {
                 };
                 let _ = reply.send(r);
             }
+            Input::VolView { volume, reply } => {
+                let _ = reply.send(
+                    self.volumes
+                        .get(&volume)
+                        .map(|v| (v.group.status().applied, v.group.state_machine().view())),
+                );
+            }
             Input::Shutdown => self.stopping = true,
         }
         Ok(())
@@ -649,7 +679,14 @@ impl Driver {
                 )?;
             }
             let sm = FsMachine::load(self.engine.clone(), vol.id).map_err(GroupError::Corrupt)?;
-            let mut g = RaftGroup::open(me, vol.id, self.engine.clone(), sm, rand::random())?;
+            let mut g = RaftGroup::open_with(
+                me,
+                vol.id,
+                self.engine.clone(),
+                sm,
+                rand::random(),
+                limits::VOLUME_INFLIGHT_MSGS_MAX,
+            )?;
             // Volume state is too large to ship as a whole: keep the log
             // until incremental resync exists (see ARCHITECTURE.md).
             g.set_log_retention(None);

@@ -77,6 +77,11 @@ impl Metrics {
             transport.frames_received.clone(),
         );
         reg.register(
+            "holdfast_transport_bytes_received",
+            "Payload bytes of the frames received from peers",
+            transport.bytes_received.clone(),
+        );
+        reg.register(
             "holdfast_transport_frames_dropped",
             "Frames dropped (queue full or peer unreachable)",
             transport.frames_dropped.clone(),

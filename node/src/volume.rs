@@ -24,6 +24,7 @@ pub async fn serve_local(driver: &DriverHandle, req: VolRequest) -> VolReply {
             Err(reply) => reply,
         },
         VolRequest::Status { volume } => driver.vol_status(volume).await,
+        VolRequest::Digest { volume } => driver.vol_digest(volume).await,
     }
 }
 
@@ -196,24 +197,30 @@ impl Volumes {
         }
     }
 
+    /// Asks replica `node` itself (not the leader) about its copy.
+    pub async fn replica_call(&self, node: u64, req: VolRequest) -> Option<VolReply> {
+        if node == self.me {
+            return Some(serve_local(&self.driver, req).await);
+        }
+        let meta = self.driver.shared().meta;
+        let addr = meta.nodes.get(&node)?.peer_addr.parse().ok()?;
+        let bytes = self
+            .transport
+            .request(node, addr, wire::encode(&PeerMsg::Vol(req)))
+            .await
+            .ok()?;
+        wire::decode::<VolReply>(&bytes, limits::FRAME_BYTES_MAX).ok()
+    }
+
     /// What replica `node` says of its copy of `volume`, if it answers
     /// within a second.
     pub async fn replica_status(&self, volume: u64, node: u64) -> Option<ReplicaStatus> {
-        let req = VolRequest::Status { volume };
-        let fut = async {
-            if node == self.me {
-                return Some(serve_local(&self.driver, req).await);
-            }
-            let meta = self.driver.shared().meta;
-            let addr = meta.nodes.get(&node)?.peer_addr.parse().ok()?;
-            let bytes = self
-                .transport
-                .request(node, addr, wire::encode(&PeerMsg::Vol(req)))
-                .await
-                .ok()?;
-            wire::decode::<VolReply>(&bytes, limits::FRAME_BYTES_MAX).ok()
-        };
-        match tokio::time::timeout(Duration::from_secs(1), fut).await {
+        match tokio::time::timeout(
+            Duration::from_secs(1),
+            self.replica_call(node, VolRequest::Status { volume }),
+        )
+        .await
+        {
             Ok(Some(VolReply::Status(s))) => Some(s),
             _ => None,
         }

@@ -192,6 +192,20 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: Vec<Node>,
     pub admin_token: String,
+    /// Mount points made by [`Cluster::mount`], detached on drop.
+    mounts: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill9();
+        }
+        // A killed node leaves its FUSE mounts dead ("not connected").
+        for m in self.mounts.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+            let _ = Command::new("umount").arg("-l").arg(m).output();
+        }
+    }
 }
 
 pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
@@ -219,6 +233,7 @@ impl Cluster {
             dir,
             nodes: Vec::new(),
             admin_token: String::new(),
+            mounts: Default::default(),
         };
         let n1 = c.spawn_new("n1", &["--bootstrap"]);
         c.nodes.push(n1);
@@ -371,6 +386,73 @@ impl Cluster {
             }
         }
         out
+    }
+
+    /// Creates a file volume through node 0.
+    pub fn create_volume(&self, name: &str, replicas: usize) {
+        let o = self.cli(
+            0,
+            &[
+                "volume",
+                "create",
+                name,
+                "--replicas",
+                &replicas.to_string(),
+            ],
+        );
+        assert!(o.status.success(), "volume create: {}", stderr(&o));
+    }
+
+    /// Mounts `volume` on node `i` at a new folder and returns it.
+    pub fn mount(&self, i: usize, volume: &str) -> PathBuf {
+        let path = self
+            .dir
+            .path()
+            .join("mnt")
+            .join(format!("{}-{volume}", self.nodes[i].name));
+        std::fs::create_dir_all(&path).expect("mount point");
+        let p = path.display().to_string();
+        let o = self.cli(i, &["mount", volume, &p]);
+        assert!(o.status.success(), "mount: {}", stderr(&o));
+        self.mounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path.clone());
+        path
+    }
+
+    /// `volume status NAME --json` from node `i`.
+    pub fn volume_status(&self, i: usize, volume: &str) -> Option<serde_json::Value> {
+        let o = self.cli(i, &["volume", "status", volume, "--json"]);
+        o.status
+            .success()
+            .then(|| serde_json::from_slice(&o.stdout).ok())
+            .flatten()
+    }
+
+    /// Each replica's applied index and state digest, asked of node `i`.
+    pub fn digests(&self, i: usize, volume: &str) -> Vec<(String, u64, Option<String>)> {
+        let v: serde_json::Value = ureq::get(&format!(
+            "http://{}/api/v1/volumes/{volume}/digests",
+            self.nodes[i].api
+        ))
+        .set("Authorization", &format!("Bearer {}", self.admin_token))
+        .timeout(Duration::from_secs(60))
+        .call()
+        .expect("digests")
+        .into_json()
+        .expect("digests JSON");
+        v.as_array()
+            .expect("array")
+            .iter()
+            .map(|r| {
+                (
+                    r["node"].as_str().unwrap_or_default().to_string(),
+                    r["applied_index"].as_u64().unwrap_or(0),
+                    r["digest"].as_str().map(str::to_string),
+                )
+            })
+            .collect()
     }
 
     pub fn index_of(&self, name: &str) -> usize {

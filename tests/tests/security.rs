@@ -253,3 +253,26 @@ fn forged_anonymous_and_removed_nodes_cannot_talk_to_the_cluster() {
         "{m}"
     );
 }
+
+#[test]
+fn output_into_a_closed_pipe_is_not_a_crash() {
+    let c = Cluster::start(1);
+    c.wait_converged(0, 1);
+    let bin = holdfast_tests::holdfast_bin().display().to_string();
+    let cmd = format!(
+        "{bin} status --api {} | head -c 1 > /dev/null; echo ${{PIPESTATUS[0]}}",
+        c.nodes[0].api
+    );
+    let o = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&cmd)
+        .env("HOLDFAST_ADMIN_TOKEN", &c.admin_token)
+        .output()
+        .unwrap();
+    let err = holdfast_tests::stderr(&o);
+    assert!(
+        !err.contains("panicked"),
+        "the CLI panicked on a closed pipe: {err}"
+    );
+    assert_eq!(stdout(&o).trim(), "0", "status into a closed pipe exits 0");
+}

@@ -84,6 +84,8 @@ pub trait Service: Send + Sync + 'static {
 pub struct TransportMetrics {
     pub frames_sent: Counter,
     pub frames_received: Counter,
+    /// Payload bytes of the frames received.
+    pub bytes_received: Counter,
     pub frames_dropped: Counter,
     /// Connections refused, by reason (`tls`, `not_member`).
     pub refused: Family<Vec<(String, String)>, Counter>,
@@ -474,6 +476,7 @@ impl Transport {
                                     }
                                     lock(&this.last_seen).insert(id, Instant::now());
                                     this.metrics.frames_received.inc();
+                                    this.metrics.bytes_received.inc_by(frame.len() as u64);
                                     svc.deliver(id, frame);
                                 }
                                 Ok(None) => return,

@@ -1,0 +1,542 @@
+//! File volumes through real kernel FUSE mounts on three real nodes, driven
+//! by ordinary tools and by the standard library's file API.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use holdfast_tests::{wait_until, Cluster};
+
+/// A three-node cluster with volume `web` mounted on every node.
+fn three_mounts() -> (Cluster, Vec<PathBuf>) {
+    let c = Cluster::start(3);
+    c.wait_converged(0, 3);
+    c.create_volume("web", 3);
+    let mounts = (0..3).map(|i| c.mount(i, "web")).collect();
+    (c, mounts)
+}
+
+/// Runs `cmd` in sh; panics with its output if it fails.
+fn sh(cmd: &str) -> String {
+    let o = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    assert!(
+        o.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// sha256 of every file under `dir`, by relative path.
+fn tree_sums(dir: &Path) -> String {
+    sh(&format!(
+        "cd {} && find . -type f -print0 | sort -z | xargs -0 -r sha256sum",
+        dir.display()
+    ))
+}
+
+fn leader_index(c: &Cluster) -> usize {
+    let name = wait_until("a volume leader", Duration::from_secs(20), || {
+        c.volume_status(0, "web")?["leader"]
+            .as_str()
+            .map(str::to_string)
+    });
+    c.index_of(&name)
+}
+
+#[test]
+fn ordinary_tools_agree_across_three_mounts() {
+    let (_c, m) = three_mounts();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("core");
+    let (a, b, d) = (
+        m[0].display().to_string(),
+        m[1].display().to_string(),
+        m[2].display().to_string(),
+    );
+    sh(&format!("cp -r {} {a}/core", src.display()));
+    sh(&format!(
+        "tar -C {b} -cf {b}/core.tar core && mkdir {d}/untar && tar -C {d}/untar -xf {d}/core.tar"
+    ));
+    sh(&format!("rsync -a {}/ {a}/rsynced/", src.display()));
+    let want = tree_sums(&src);
+    for mount in &m {
+        assert_eq!(
+            tree_sums(&mount.join("core")),
+            want,
+            "cp result seen from {}",
+            mount.display()
+        );
+        assert_eq!(
+            tree_sums(&mount.join("untar/core")),
+            want,
+            "tar round trip seen from {}",
+            mount.display()
+        );
+        assert_eq!(
+            tree_sums(&mount.join("rsynced")),
+            want,
+            "rsync result seen from {}",
+            mount.display()
+        );
+    }
+    // git: commit on one node, verify and read the history on the others.
+    sh(&format!(
+        "cd {a} && git init -q repo && cp -r {}/src repo/ && cd repo && git add . && git -c user.email=t@example.com -c user.name=t commit -qm first",
+        src.display()
+    ));
+    for mount in [&b, &d] {
+        sh(&format!("cd {mount}/repo && git fsck --full --no-progress"));
+        assert!(sh(&format!("cd {mount}/repo && git log --oneline")).contains("first"));
+    }
+    // sqlite3 with its database in the mount, used from one node at a time.
+    sh(&format!(
+        "sqlite3 {a}/app.db 'create table t(a integer); insert into t values (1),(2),(3),(4);'"
+    ));
+    sh(&format!(
+        "sqlite3 {b}/app.db 'insert into t select a + 10 from t;'"
+    ));
+    assert_eq!(
+        sh(&format!(
+            "sqlite3 {d}/app.db 'select count(*), sum(a) from t;'"
+        ))
+        .trim(),
+        "8|60"
+    );
+    assert_eq!(
+        sh(&format!("sqlite3 {d}/app.db 'pragma integrity_check;'")).trim(),
+        "ok"
+    );
+}
+
+/// A seeded random-operation test in the style of fsx: every operation goes
+/// to the mount and to a local reference folder, and the two must agree.
+#[test]
+fn random_operations_match_a_local_folder() {
+    let (_c, m) = three_mounts();
+    let reference = tempfile::tempdir().unwrap();
+    let seed: u64 = std::env::var("HOLDFAST_FSX_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    let ops: usize = std::env::var("HOLDFAST_FSX_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(300);
+    eprintln!("fsx: seed={seed} ops={ops} (replay with HOLDFAST_FSX_SEED={seed})");
+    let mut fsx = Fsx {
+        rng: <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(seed),
+        ours: m[0].clone(),
+        other: m[1].clone(),
+        theirs: reference.path().to_path_buf(),
+        log: Vec::new(),
+    };
+    for step in 0..ops {
+        fsx.step();
+        if step % 25 == 24 {
+            fsx.compare_trees();
+        }
+    }
+    fsx.compare_trees();
+}
+
+struct Fsx {
+    rng: rand::rngs::StdRng,
+    /// The mount the operations go to, another node's mount that must
+    /// see the same after each close, and the reference folder.
+    ours: PathBuf,
+    other: PathBuf,
+    theirs: PathBuf,
+    log: Vec<String>,
+}
+
+fn errno<T>(r: &std::io::Result<T>) -> Option<i32> {
+    r.as_ref().err().map(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+impl Fsx {
+    fn pick(&mut self, n: usize) -> usize {
+        rand::Rng::gen_range(&mut self.rng, 0..n)
+    }
+
+    fn path(&mut self) -> String {
+        let dirs = ["", "d1/", "d2/", "d1/d3/"];
+        let names = ["a", "b", "c", "d1", "d2", "d3"];
+        format!(
+            "{}{}",
+            dirs[self.pick(dirs.len())],
+            names[self.pick(names.len())]
+        )
+    }
+
+    fn fail(&self, msg: String) -> ! {
+        panic!(
+            "{msg}\nlast operations:\n{}",
+            self.log[self.log.len().saturating_sub(20)..].join("\n")
+        );
+    }
+
+    /// Runs `f` on both trees and checks that they agree on success or errno.
+    fn both<T: PartialEq + std::fmt::Debug>(
+        &mut self,
+        what: String,
+        f: impl Fn(&Path) -> std::io::Result<T>,
+    ) {
+        self.log.push(what.clone());
+        let (a, b) = (f(&self.ours), f(&self.theirs));
+        match (&a, &b) {
+            (Ok(x), Ok(y)) if x == y => {}
+            _ if errno(&a).is_some() && errno(&a) == errno(&b) => {}
+            _ => self.fail(format!("{what}: mount gave {a:?}, local folder gave {b:?}")),
+        }
+    }
+
+    fn step(&mut self) {
+        let p = self.path();
+        let q = self.path();
+        match self.pick(10) {
+            0 | 1 => {
+                let off = [0u64, 100, 4095, 65535, 65536, 200_000, 3 << 20][self.pick(7)];
+                let len = [1usize, 10, 4096, 70_000, 300_000][self.pick(5)];
+                let byte = self.pick(250) as u8 + 1;
+                self.both(format!("write {p} @{off} x{len} of {byte}"), |root| {
+                    let f = OpenOptions::new()
+                        .create(true)
+                        .write(true)
+                        .truncate(false)
+                        .open(root.join(&p))?;
+                    f.write_all_at(&vec![byte; len], off)?;
+                    if byte.is_multiple_of(3) {
+                        f.sync_all()?;
+                    }
+                    Ok(())
+                });
+            }
+            2 => {
+                let size = [0u64, 1, 5000, 65536, 100_000, 1 << 20][self.pick(6)];
+                self.both(format!("truncate {p} {size}"), |root| {
+                    OpenOptions::new()
+                        .write(true)
+                        .open(root.join(&p))?
+                        .set_len(size)
+                });
+            }
+            3 => self.both(format!("rename {p} {q}"), |root| {
+                std::fs::rename(root.join(&p), root.join(&q))
+            }),
+            4 => self.both(format!("link {p} {q}"), |root| {
+                std::fs::hard_link(root.join(&p), root.join(&q))
+            }),
+            5 => self.both(format!("unlink {p}"), |root| {
+                std::fs::remove_file(root.join(&p))
+            }),
+            6 => self.both(format!("mkdir {p}"), |root| {
+                std::fs::create_dir(root.join(&p))
+            }),
+            7 => self.both(format!("rmdir {p}"), |root| {
+                std::fs::remove_dir(root.join(&p))
+            }),
+            8 => {
+                let mode = [0o644, 0o600, 0o755][self.pick(3)];
+                self.both(format!("chmod {p} {mode:o}"), |root| {
+                    std::fs::set_permissions(
+                        root.join(&p),
+                        std::os::unix::fs::PermissionsExt::from_mode(mode),
+                    )
+                });
+            }
+            _ => {
+                // Read back, from this mount and from another node's.
+                let want = std::fs::read(self.theirs.join(&p)).ok();
+                for mount in [self.ours.clone(), self.other.clone()] {
+                    let got = std::fs::read(mount.join(&p)).ok();
+                    if got != want {
+                        self.fail(format!(
+                            "read {p} from {}: {} bytes, want {}",
+                            mount.display(),
+                            got.map_or(0, |g| g.len()),
+                            want.map_or(0, |w| w.len())
+                        ));
+                    }
+                }
+            }
+        }
+    }
+
+    fn compare_trees(&self) {
+        let listing = |root: &Path| -> Vec<(String, String, u64, u32, u64)> {
+            let mut out = Vec::new();
+            let mut stack = vec![root.to_path_buf()];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).unwrap() {
+                    let e = e.unwrap();
+                    let md = std::fs::symlink_metadata(e.path()).unwrap();
+                    let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+                    let kind = if md.is_dir() { "dir" } else { "file" };
+                    let mode = std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o7777;
+                    let nlink = std::os::unix::fs::MetadataExt::nlink(&md);
+                    let sum = if md.is_file() {
+                        let mut h = 0u64;
+                        let mut buf = Vec::new();
+                        File::open(e.path()).unwrap().read_to_end(&mut buf).unwrap();
+                        for b in buf {
+                            h = h.wrapping_mul(31).wrapping_add(b as u64);
+                        }
+                        h
+                    } else {
+                        stack.push(e.path());
+                        0
+                    };
+                    let size = if md.is_file() { md.len() } else { 0 };
+                    out.push((
+                        rel,
+                        format!("{kind} {mode:o} {size}"),
+                        sum,
+                        nlink as u32,
+                        if md.is_dir() { 0 } else { nlink },
+                    ));
+                }
+            }
+            out.sort();
+            out
+        };
+        let (a, b) = (listing(&self.ours), listing(&self.theirs));
+        if a != b {
+            self.fail(format!("trees differ:\nmount: {a:?}\nlocal: {b:?}"));
+        }
+    }
+}
+
+#[test]
+fn acknowledged_fsyncs_survive_a_kill_of_the_leader() {
+    let (mut c, m) = three_mounts();
+    let leader = leader_index(&c);
+    let writer = (0..3).find(|&i| i != leader).unwrap();
+    let path = m[writer].join("log");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let handle = {
+        let (path, stop) = (path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .unwrap();
+            let mut acked = 0u64;
+            let mut errors = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let rec = format!("record {acked:08} {}\n", "x".repeat(100));
+                // A failed write or fsync may or may not have landed; stop
+                // counting there so that "acknowledged" stays exact.
+                if f.write_all(rec.as_bytes())
+                    .and_then(|()| f.sync_all())
+                    .is_err()
+                {
+                    errors += 1;
+                    break;
+                }
+                acked += 1;
+            }
+            (acked, errors)
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    c.nodes[leader].kill9();
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (acked, errors) = handle.join().unwrap();
+    assert!(
+        acked > 10,
+        "the writer made too little progress to test anything ({acked} records, {errors} errors)"
+    );
+    c.nodes[leader].restart();
+    c.wait_api(leader);
+    // Every acknowledged record is there, in order, with the right bytes,
+    // seen from every surviving mount.
+    for i in (0..3).filter(|&i| i != leader) {
+        let text = std::fs::read_to_string(m[i].join("log")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(
+            lines.len() as u64 >= acked,
+            "{} of {acked} acknowledged records survived on {}",
+            lines.len(),
+            m[i].display()
+        );
+        for (k, l) in lines.iter().enumerate() {
+            assert_eq!(
+                *l,
+                format!("record {k:08} {}", "x".repeat(100)),
+                "record {k} on {}",
+                m[i].display()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_stopped_follower_catches_up_with_only_what_it_missed() {
+    let (mut c, m) = three_mounts();
+    let leader = leader_index(&c);
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    let mib = |n: usize| vec![7u8; n << 20];
+    std::fs::write(m[leader].join("before"), mib(60)).unwrap();
+    assert!(c.nodes[follower].stop().success());
+    let (before_stop, missed) = (60u64 << 20, 100u64 << 20);
+    let mut f = File::create(m[leader].join("while-down")).unwrap();
+    for i in 0..100u8 {
+        f.write_all(&vec![i; 1 << 20]).unwrap();
+    }
+    f.sync_all().unwrap();
+    drop(f);
+    c.nodes[follower].restart();
+    c.wait_api(follower);
+    let started = Instant::now();
+    wait_until(
+        "the follower's copy to match the others'",
+        Duration::from_secs(120),
+        || {
+            let d = c.digests(leader, "web");
+            let first = d.first()?.clone();
+            (d.iter()
+                .all(|r| r.2.is_some() && r.1 == first.1 && r.2 == first.2)
+                && d.len() == 3)
+                .then_some(())
+        },
+    );
+    eprintln!("caught up in {:?}", started.elapsed());
+    // It received about what it missed, not the whole volume again.
+    let metrics = c.metrics(follower);
+    let received: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("holdfast_transport_bytes_received_total"))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .expect("bytes received metric");
+    let whole = (before_stop + missed) as f64;
+    assert!(
+        received >= missed as f64,
+        "received {received} bytes, less than the {missed} it missed"
+    );
+    assert!(
+        received < missed as f64 + 0.5 * before_stop as f64,
+        "received {received} bytes for {missed} missed of a {whole}-byte volume"
+    );
+    let status = c.volume_status(leader, "web").unwrap();
+    for r in status["replicas"].as_array().unwrap() {
+        assert_eq!(r["lag_entries"], 0, "{status}");
+        assert_eq!(r["healthy"], true, "{status}");
+    }
+}
+
+#[test]
+fn limits_busy_unmounts_and_unlink_while_open() {
+    let (c, m) = three_mounts();
+    // Names over 255 bytes.
+    let e = File::create(m[0].join("n".repeat(256))).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENAMETOOLONG));
+    File::create(m[0].join("n".repeat(255))).unwrap();
+    // Unlink while open: the data lives until the last close.
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(m[0].join("doomed"), &data).unwrap();
+    let mut f = File::open(m[0].join("doomed")).unwrap();
+    std::fs::remove_file(m[0].join("doomed")).unwrap();
+    assert!(!m[1].join("doomed").exists());
+    let mut back = Vec::new();
+    f.read_to_end(&mut back).unwrap();
+    assert_eq!(back, data, "an unlinked file stays readable while open");
+    let used_open = c.volume_status(0, "web").unwrap()["bytes_used"]
+        .as_u64()
+        .unwrap();
+    assert!(used_open >= data.len() as u64);
+    // A busy mount is not unmounted.
+    let p = m[0].display().to_string();
+    let o = c.cli(0, &["umount", &p]);
+    holdfast_tests::assert_one_line_error(&o, "busy");
+    drop(f);
+    wait_until(
+        "the unlinked file's space to be freed",
+        Duration::from_secs(10),
+        || {
+            let used = c.volume_status(0, "web")?["bytes_used"].as_u64()?;
+            (used + data.len() as u64 <= used_open).then_some(())
+        },
+    );
+    let o = c.cli(0, &["umount", &p]);
+    assert!(o.status.success(), "{}", holdfast_tests::stderr(&o));
+    assert!(!sh("mount").contains(&p), "still mounted");
+    // Symlinks, extended attributes and sparse files, seen from another node.
+    std::os::unix::fs::symlink("target/../x", m[1].join("sl")).unwrap();
+    assert_eq!(
+        std::fs::read_link(m[2].join("sl")).unwrap(),
+        Path::new("target/../x")
+    );
+    sh(&format!(
+        "python3 -c \"import os; os.setxattr('{}', 'user.k', b'v1')\"",
+        m[1].join("sl")
+            .parent()
+            .unwrap()
+            .join("n".repeat(255))
+            .display()
+    ));
+    let got = sh(&format!(
+        "python3 -c \"import os; print(os.getxattr('{}', 'user.k'))\"",
+        m[2].join("n".repeat(255)).display()
+    ));
+    assert_eq!(got.trim(), "b'v1'");
+    let sparse = File::create(m[1].join("sparse")).unwrap();
+    sparse.write_all_at(b"end", 1 << 40).unwrap();
+    sparse.sync_all().unwrap();
+    assert_eq!(
+        std::fs::metadata(m[2].join("sparse")).unwrap().len(),
+        (1 << 40) + 3,
+        "files reach 1 TiB"
+    );
+    let mut head = [1u8; 16];
+    File::open(m[2].join("sparse"))
+        .unwrap()
+        .read_exact_at(&mut head, 12345)
+        .unwrap();
+    assert_eq!(head, [0u8; 16], "holes read as zeros");
+    let df = sh(&format!("df -P {}", m[1].display()));
+    assert!(df.contains("holdfast:web"), "{df}");
+}
+
+#[test]
+fn a_volume_without_a_majority_fails_writes_with_eio_and_never_hangs() {
+    let (mut c, m) = three_mounts();
+    std::fs::write(m[0].join("f"), b"before").unwrap();
+    c.nodes[1].kill9();
+    c.nodes[2].kill9();
+    let path = m[0].join("f");
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    std::thread::spawn(move || {
+        let r = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| {
+                f.write_all(b"after")?;
+                f.sync_all()
+            });
+        let _ = tx.send(r.map_err(|e| e.raw_os_error()));
+    });
+    let r = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a write to a volume without a majority must not hang");
+    assert_eq!(
+        r,
+        Err(Some(libc::EIO)),
+        "writes without a majority fail with EIO"
+    );
+    // With the majority back, the volume works again and lost nothing.
+    c.nodes[1].restart();
+    c.nodes[2].restart();
+    wait_until("writes to work again", Duration::from_secs(60), || {
+        std::fs::write(m[0].join("g"), b"back").ok()
+    });
+    assert_eq!(std::fs::read(m[0].join("g")).unwrap(), b"back");
+}
