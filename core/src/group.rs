@@ -88,6 +88,14 @@ fn key(prefix: &[u8], suffix: &[u8]) -> Vec<u8> {
     k
 }
 
+/// The term of each log entry, kept apart from the (large) entry so that
+/// learning a term never reads an entry's payload.
+fn term_key(prefix: &[u8], index: u64) -> Vec<u8> {
+    let mut k = key(prefix, b"term/");
+    k.extend_from_slice(&index.to_be_bytes());
+    k
+}
+
 fn log_key(prefix: &[u8], index: u64) -> Vec<u8> {
     let mut k = key(prefix, b"log/");
     k.extend_from_slice(&index.to_be_bytes());
@@ -111,6 +119,12 @@ pub struct LogStore {
     snap_index: u64,
     snap_term: u64,
     last_index: u64,
+    /// Terms of entries `snap_index + 1 ..= last_index`, in order.
+    terms: std::collections::VecDeque<u64>,
+    /// The newest entries, contiguous up to `last_index`, at most
+    /// `LOG_CACHE_BYTES_MAX` of them.
+    cache: std::collections::VecDeque<Entry>,
+    cache_bytes: u64,
     /// The state machine at some applied index, served to followers that
     /// are too far behind for the log. Built only when raft-rs asks for it
     /// (`snapshot_wanted`), because a volume's state is large.
@@ -139,17 +153,36 @@ impl LogStore {
             snap_index = u64::from_be_bytes(b[..8].try_into().unwrap_or_default());
             snap_term = u64::from_be_bytes(b[8..].try_into().unwrap_or_default());
         }
-        let mut last_index = snap_index;
-        let start = log_key(&prefix, 0);
-        let end = log_key(&prefix, u64::MAX);
-        // Find the last entry: scan is forward-only, so walk the (short,
-        // compacted) log once at open.
-        engine.scan(&start, &end, &mut |k, _| {
-            if let Ok(b) = <[u8; 8]>::try_from(&k[k.len() - 8..]) {
-                last_index = u64::from_be_bytes(b);
-            }
-            true
-        })?;
+        // Read the terms of the log after the snapshot: small keys only.
+        let mut terms = std::collections::VecDeque::new();
+        let mut gap = None;
+        engine.scan(
+            &term_key(&prefix, snap_index + 1),
+            &term_key(&prefix, u64::MAX),
+            &mut |k, v| {
+                let index = <[u8; 8]>::try_from(&k[k.len() - 8..])
+                    .map(u64::from_be_bytes)
+                    .unwrap_or(0);
+                let term = <[u8; 8]>::try_from(v).map(u64::from_be_bytes).unwrap_or(0);
+                if index != snap_index + 1 + terms.len() as u64 || term == 0 {
+                    gap = Some(index);
+                    return false;
+                }
+                terms.push_back(term);
+                true
+            },
+        )?;
+        if let Some(index) = gap {
+            return Err(corrupt(
+                "log terms",
+                format!(
+                    "unexpected entry {index} after {} entries from {}",
+                    terms.len(),
+                    snap_index + 1
+                ),
+            ));
+        }
+        let last_index = snap_index + terms.len() as u64;
         if last_index < snap_index {
             return Err(corrupt(
                 "log",
@@ -164,6 +197,9 @@ impl LogStore {
             snap_index,
             snap_term,
             last_index,
+            terms,
+            cache: std::collections::VecDeque::new(),
+            cache_bytes: 0,
             sm_snapshot: (0, Vec::new(), ConfState::default()),
             snapshot_wanted: std::cell::Cell::new(false),
         })
@@ -171,15 +207,6 @@ impl LogStore {
 
     fn first(&self) -> u64 {
         self.snap_index + 1
-    }
-
-    fn read_entry(&self, index: u64) -> raft::Result<Entry> {
-        let b = self
-            .engine
-            .get(&log_key(&self.prefix, index))
-            .map_err(|e| raft::Error::Store(raft::StorageError::Other(Box::new(e))))?
-            .ok_or(raft::Error::Store(raft::StorageError::Unavailable))?;
-        Entry::parse_from_bytes(&b).map_err(raft::Error::CodecError)
     }
 
     /// Adds entries to `batch`, replacing any conflicting tail.
@@ -196,15 +223,54 @@ impl LogStore {
                 ),
             ));
         }
+        if first.index > self.last_index + 1 {
+            return Err(corrupt(
+                "append",
+                format!(
+                    "entry {} leaves a gap after {}",
+                    first.index, self.last_index
+                ),
+            ));
+        }
         if first.index <= self.last_index {
             batch.delete_range(
                 log_key(&self.prefix, first.index),
                 log_key(&self.prefix, self.last_index + 1),
             );
+            batch.delete_range(
+                term_key(&self.prefix, first.index),
+                term_key(&self.prefix, self.last_index + 1),
+            );
+            self.terms.truncate((first.index - self.first()) as usize);
+            while self.cache.back().is_some_and(|e| e.index >= first.index) {
+                if let Some(e) = self.cache.pop_back() {
+                    self.cache_bytes -= e.compute_size() as u64;
+                }
+            }
+        }
+        if self
+            .cache
+            .back()
+            .is_some_and(|e| e.index + 1 != first.index)
+        {
+            self.cache.clear();
+            self.cache_bytes = 0;
         }
         for e in entries {
             let bytes = e.write_to_bytes().map_err(|e| corrupt("entry encode", e))?;
             batch.put(log_key(&self.prefix, e.index), bytes);
+            batch.put(
+                term_key(&self.prefix, e.index),
+                e.term.to_be_bytes().to_vec(),
+            );
+            self.terms.push_back(e.term);
+            self.cache_bytes += e.compute_size() as u64;
+            self.cache.push_back(e.clone());
+        }
+        while self.cache_bytes > limits::LOG_CACHE_BYTES_MAX && self.cache.len() > 1 {
+            if let Some(e) = self.cache.pop_front() {
+                self.cache_bytes -= e.compute_size() as u64;
+            }
         }
         self.last_index = entries.last().map(|e| e.index).unwrap_or(self.last_index);
         Ok(())
@@ -245,6 +311,14 @@ impl LogStore {
         }
         let term = raft::Storage::term(self, index)?;
         batch.delete_range(log_key(&self.prefix, 0), log_key(&self.prefix, index + 1));
+        batch.delete_range(term_key(&self.prefix, 0), term_key(&self.prefix, index + 1));
+        let dropped = (index - self.snap_index) as usize;
+        self.terms.drain(..dropped.min(self.terms.len()));
+        while self.cache.front().is_some_and(|e| e.index <= index) {
+            if let Some(e) = self.cache.pop_front() {
+                self.cache_bytes -= e.compute_size() as u64;
+            }
+        }
         self.set_snap_mark(index, term, batch);
         Ok(())
     }
@@ -256,6 +330,10 @@ impl LogStore {
         batch: &mut Batch,
     ) -> Result<(), GroupError> {
         batch.delete_range(log_key(&self.prefix, 0), log_key(&self.prefix, u64::MAX));
+        batch.delete_range(term_key(&self.prefix, 0), term_key(&self.prefix, u64::MAX));
+        self.terms.clear();
+        self.cache.clear();
+        self.cache_bytes = 0;
         self.set_snap_mark(meta.index, meta.term, batch);
         self.last_index = meta.index;
         let mut hs = self.hard_state.clone();
@@ -290,6 +368,25 @@ impl raft::Storage for LogStore {
         let max = max_size.into().unwrap_or(u64::MAX);
         let mut out = Vec::with_capacity((high - low).min(1024) as usize);
         let mut size = 0u64;
+        // The log tail is in memory: what followers and the apply path ask
+        // for is almost always there.
+        if let Some(first_cached) = self.cache.front().map(|e| e.index) {
+            if low >= first_cached {
+                for e in self
+                    .cache
+                    .iter()
+                    .skip((low - first_cached) as usize)
+                    .take((high - low) as usize)
+                {
+                    size += e.compute_size() as u64;
+                    if !out.is_empty() && size > max {
+                        break;
+                    }
+                    out.push(e.clone());
+                }
+                return Ok(out);
+            }
+        }
         let mut err = None;
         self.engine
             .scan(
@@ -328,7 +425,10 @@ impl raft::Storage for LogStore {
         if idx > self.last_index {
             return Err(raft::Error::Store(raft::StorageError::Unavailable));
         }
-        Ok(self.read_entry(idx)?.term)
+        self.terms
+            .get((idx - self.first()) as usize)
+            .copied()
+            .ok_or(raft::Error::Store(raft::StorageError::Unavailable))
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -710,7 +810,10 @@ impl<S: StateMachine> RaftGroup<S> {
         self.send(light.take_messages());
         self.apply(light.take_committed_entries(), &mut batch)?;
         if !batch.is_empty() {
-            self.engine.write(batch, true)?;
+            // Not synced: what was applied is durable in the (synced) log
+            // and is applied again after a crash; the next synced write
+            // (before any compaction) makes it durable too.
+            self.engine.write(batch, false)?;
         }
         self.raw.advance_apply();
         self.maybe_compact()?;

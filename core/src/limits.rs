@@ -13,6 +13,9 @@ pub const RAFT_INFLIGHT_MSGS_MAX: usize = 256;
 pub const VOLUME_INFLIGHT_MSGS_MAX: usize = 4;
 /// Largest command a client may propose to the metadata group.
 pub const META_COMMAND_BYTES_MAX: usize = 64 << 10;
+/// Bytes of each group's newest log entries kept in memory, so that
+/// replication and apply do not read back what was just written.
+pub const LOG_CACHE_BYTES_MAX: u64 = 64 << 20;
 /// Log entries kept behind the applied index before the log is compacted.
 pub const META_LOG_ENTRIES_MAX: u64 = 1000;
 

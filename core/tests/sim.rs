@@ -214,7 +214,8 @@ struct History {
     leaders: BTreeMap<u64, u64>,
     /// The state first seen at each applied index, by any node at any time.
     states: BTreeMap<u64, (u64, Arc<MetaState>)>,
-    /// Per node: applied index and state last checked.
+    /// Per node: applied index and state last checked since its last
+    /// crash (applied never goes back while a node runs).
     seen: BTreeMap<u64, (u64, usize)>,
     /// Per node: ids it has seen revoked.
     revoked: BTreeMap<u64, BTreeSet<u64>>,
@@ -894,6 +895,11 @@ impl World {
         node.group = None;
         node.engine.crash();
         node.restart_at = restart_at;
+        // The applied state is written without fsync (the synced log is the
+        // durable record), so a crash may take a node's applied index back;
+        // it then applies the same entries again from its log. What must
+        // hold is checked elsewhere: equal applied indexes, equal states.
+        self.history.seen.remove(&id);
         let avoid = self.avoid;
         self.queue.retain(|_, m| m.to != id || avoid.keeps(m));
         self.stats.crashes += 1;

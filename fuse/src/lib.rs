@@ -44,6 +44,11 @@ pub fn spawn_mount<B: Backend>(
 /// Where the filesystem's operations go. Calls block until answered.
 pub trait Backend: Send + Sync + 'static {
     fn op(&self, op: FsOp) -> Result<FsReply, Errno>;
+    /// Several independent ops at once (their order does not matter); the
+    /// results come back in the order given.
+    fn ops(&self, ops: Vec<FsOp>) -> Vec<Result<FsReply, Errno>> {
+        ops.into_iter().map(|op| self.op(op)).collect()
+    }
     fn read(&self, read: FsRead) -> Result<ReadReply, Errno>;
     /// This node's id (marks files it still has open when unlinked).
     fn node(&self) -> u64;
@@ -251,33 +256,30 @@ impl<B: Backend> VolumeFs<B> {
         }
     }
 
-    /// Pushes the buffered writes of `ino` to the backend, in order.
+    /// Pushes the buffered writes of `ino` to the backend. Extents never
+    /// overlap, so their writes go out together and share consensus
+    /// rounds. On any failure everything is kept buffered: rewriting the
+    /// same bytes at the same offsets is harmless, and a later fsync
+    /// retries.
     fn flush_ino(&mut self, ino: Ino) -> Result<(), Errno> {
         let Some(dirty) = self.dirty.remove(&ino) else {
             return Ok(());
         };
-        let mut remaining = dirty.extents.into_iter();
-        while let Some((offset, data)) = remaining.next() {
+        let mut ops = Vec::new();
+        for (offset, data) in &dirty.extents {
             for (i, chunk) in data.chunks(limits::FS_WRITE_BYTES_MAX).enumerate() {
                 let at = offset + (i * limits::FS_WRITE_BYTES_MAX) as u64;
-                if let Err(e) = self.backend.op(FsOp::Write {
+                ops.push(FsOp::Write {
                     ino,
                     offset: at,
                     data: chunk.to_vec(),
                     now_ns: now_ns(),
-                }) {
-                    // Keep what was not written, so a later fsync retries it
-                    // and reads still see it.
-                    let mut left = Dirty::default();
-                    let done = i * limits::FS_WRITE_BYTES_MAX;
-                    left.add(at, &data[done..]);
-                    for (o, d) in remaining {
-                        left.add(o, &d);
-                    }
-                    self.dirty.insert(ino, left);
-                    return Err(e);
-                }
+                });
             }
+        }
+        if let Some(e) = self.backend.ops(ops).into_iter().find_map(Result::err) {
+            self.dirty.insert(ino, dirty);
+            return Err(e);
         }
         Ok(())
     }

@@ -29,6 +29,21 @@ impl Backend for NodeBackend {
     fn op(&self, op: FsOp) -> Result<FsReply, Errno> {
         self.rt.block_on(self.volumes.op(self.volume, op))
     }
+    fn ops(&self, ops: Vec<FsOp>) -> Vec<Result<FsReply, Errno>> {
+        self.rt.block_on(async {
+            let mut set = tokio::task::JoinSet::new();
+            let n = ops.len();
+            for (i, op) in ops.into_iter().enumerate() {
+                let (volumes, volume) = (self.volumes.clone(), self.volume);
+                set.spawn(async move { (i, volumes.op(volume, op).await) });
+            }
+            let mut out: Vec<Result<FsReply, Errno>> = vec![Err(libc::EIO); n];
+            while let Some(Ok((i, r))) = set.join_next().await {
+                out[i] = r;
+            }
+            out
+        })
+    }
     fn read(&self, read: FsRead) -> Result<ReadReply, Errno> {
         self.rt.block_on(self.volumes.read(self.volume, read))
     }

@@ -30,6 +30,9 @@ impl RocksEngine {
         opts.set_keep_log_file_num(4);
         // Reads of a damaged file fail instead of returning garbage.
         opts.set_paranoid_checks(true);
+        // File data is mostly already compressed (images, archives, video);
+        // compressing blocks costs CPU on every read and saves little.
+        opts.set_compression_type(rocksdb::DBCompressionType::None);
         let db = DB::open(&opts, dir).map_err(map_err)?;
         Ok(Self { db })
     }
