@@ -292,26 +292,16 @@ impl Tx<'_> {
         self.batch.delete(self.m.view.key(b'd', &be(parent), name));
     }
     fn dir_is_empty(&self, ino: Ino) -> Result<bool, Errno> {
-        // Pending deletes in this batch could empty a directory that the
-        // engine still lists; check each listed entry through the batch.
+        // Through the batch: pending deletes may have emptied it, pending
+        // puts may have filled it.
         let start = self.m.view.key(b'd', &be(ino), &[]);
         let end = prefix_end(&start).unwrap_or_default();
-        let mut keys = Vec::new();
-        self.m
-            .view
-            .engine
-            .scan(&start, &end, &mut |k, _| {
-                keys.push(k.to_vec());
-                keys.len() < 64
-            })
-            .map_err(|_| libc::EIO)?;
-        for k in keys {
+        for k in self.keys_in(&start, &end, usize::MAX)? {
             if self.get(&k)?.is_some() {
                 return Ok(false);
             }
         }
-        // Entries added in this very batch.
-        Ok(!self.batch.ops().iter().any(|op| matches!(op, holdfast_storage::Op::Put(k, _) if k.starts_with(&start) && k.len() > start.len())))
+        Ok(true)
     }
     fn touch_dir(&mut self, ino: Ino, now: i64, nlink_delta: i32) -> Result<(), Errno> {
         let mut d = self.inode(ino)?;
@@ -368,23 +358,46 @@ impl Tx<'_> {
         }
         Ok(())
     }
-    fn stored_bytes(&self, ino: Ino) -> Result<u64, Errno> {
-        let start = self.m.view.key(b'b', &be(ino), &[]);
-        let end = prefix_end(&start).unwrap_or_default();
-        let mut keys = Vec::new();
+    /// Keys in `[start, end)` as they will be once the batch is written:
+    /// the engine's plus those the batch puts (at most `max` from the
+    /// engine). Callers read each through the batch, which drops deleted
+    /// ones.
+    fn keys_in(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        max: usize,
+    ) -> Result<std::collections::BTreeSet<Vec<u8>>, Errno> {
+        let mut keys = std::collections::BTreeSet::new();
         self.m
             .view
             .engine
-            .scan(&start, &end, &mut |k, _| {
-                keys.push(k.to_vec());
-                true
+            .scan(start, end, &mut |k, _| {
+                keys.insert(k.to_vec());
+                keys.len() < max
             })
             .map_err(|_| libc::EIO)?;
+        for op in self.batch.ops() {
+            if let holdfast_storage::Op::Put(k, _) = op {
+                if k.as_slice() >= start && k.as_slice() < end {
+                    keys.insert(k.clone());
+                }
+            }
+        }
+        Ok(keys)
+    }
+    /// Bytes stored under `[start, end)`, through the batch.
+    fn bytes_in(&self, start: &[u8], end: &[u8]) -> Result<u64, Errno> {
         let mut n = 0;
-        for k in keys {
+        for k in self.keys_in(start, end, usize::MAX)? {
             n += self.get(&k)?.map(|v| v.len() as u64).unwrap_or(0);
         }
         Ok(n)
+    }
+    fn stored_bytes(&self, ino: Ino) -> Result<u64, Errno> {
+        let start = self.m.view.key(b'b', &be(ino), &[]);
+        let end = prefix_end(&start).unwrap_or_default();
+        self.bytes_in(&start, &end)
     }
     fn block_key(&self, ino: Ino, idx: u64) -> Vec<u8> {
         self.m.view.key(b'b', &be(ino), &be(idx))
@@ -396,20 +409,9 @@ impl Tx<'_> {
         // Blocks wholly past the end.
         let start = self.block_key(ino, first_whole);
         let end = prefix_end(&self.m.view.key(b'b', &be(ino), &[])).unwrap_or_default();
-        let mut doomed = Vec::new();
-        self.m
-            .view
-            .engine
-            .scan(&start, &end, &mut |k, v| {
-                doomed.push((k.to_vec(), v.len() as u64));
-                true
-            })
-            .map_err(|_| libc::EIO)?;
-        for (k, _) in &doomed {
-            if let Some(v) = self.get(k)? {
-                stats.bytes_used = stats.bytes_used.saturating_sub(v.len() as u64);
-            }
-        }
+        stats.bytes_used = stats
+            .bytes_used
+            .saturating_sub(self.bytes_in(&start, &end)?);
         // Blocks written in this batch past the end are caught by the range.
         self.batch.delete_range(start, end);
         // The partial last block keeps only its head.

@@ -114,6 +114,20 @@ pub struct Shared {
     pub fatal: Option<String>,
 }
 
+/// Why a call into the consensus thread got no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+enum CallError {
+    /// The inbox is full; nothing was handed over.
+    #[error("node busy")]
+    Busy,
+    /// The consensus thread is gone; nothing was handed over.
+    #[error("node stopping")]
+    Stopped,
+    /// Handed over, but no answer in time: the outcome is unknown.
+    #[error("no answer from the consensus thread")]
+    NoAnswer,
+}
+
 /// The handle through which async code talks to the driver.
 #[derive(Debug, Clone)]
 pub struct DriverHandle {
@@ -145,15 +159,12 @@ impl DriverHandle {
         self.submit(Input::ConfChange { change, reply }, rx).await
     }
 
-    async fn submit(
-        &self,
-        input: Input,
-        rx: oneshot::Receiver<Result<Outcome, ProposeError>>,
-    ) -> Result<Outcome, ProposeError> {
+    /// Hands `input` to the consensus thread and waits for its answer.
+    async fn call<T>(&self, input: Input, rx: oneshot::Receiver<T>) -> Result<T, CallError> {
         match self.tx.try_send(input) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(ProposeError::Busy),
-            Err(TrySendError::Disconnected(_)) => return Err(ProposeError::Stopped),
+            Err(TrySendError::Full(_)) => return Err(CallError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(CallError::Stopped),
         }
         match tokio::time::timeout(
             Duration::from_millis(limits::PROPOSAL_TIMEOUT_MS + 1000),
@@ -161,9 +172,22 @@ impl DriverHandle {
         )
         .await
         {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(ProposeError::Stopped),
-            Err(_) => Err(ProposeError::Timeout),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(CallError::Stopped),
+            Err(_) => Err(CallError::NoAnswer),
+        }
+    }
+
+    async fn submit(
+        &self,
+        input: Input,
+        rx: oneshot::Receiver<Result<Outcome, ProposeError>>,
+    ) -> Result<Outcome, ProposeError> {
+        match self.call(input, rx).await {
+            Ok(r) => r,
+            Err(CallError::Busy) => Err(ProposeError::Busy),
+            Err(CallError::Stopped) => Err(ProposeError::Stopped),
+            Err(CallError::NoAnswer) => Err(ProposeError::Timeout),
         }
     }
 
@@ -176,43 +200,23 @@ impl DriverHandle {
     /// A view of local replica `volume` at a linearizable point, if it leads.
     pub async fn vol_read(&self, volume: u64) -> Result<FsView, VolReply> {
         let (reply, rx) = oneshot::channel();
-        if let Err(e) = self.tx.try_send(Input::FsRead { volume, reply }) {
-            return Err(VolReply::Unavailable(
-                if matches!(e, TrySendError::Full(_)) {
-                    "node busy"
-                } else {
-                    "node stopping"
-                }
-                .into(),
-            ));
-        }
-        match tokio::time::timeout(
-            Duration::from_millis(limits::PROPOSAL_TIMEOUT_MS + 1000),
-            rx,
-        )
-        .await
-        {
-            Ok(Ok(r)) => r,
-            _ => Err(VolReply::Unavailable(
-                "no answer from the consensus thread".into(),
-            )),
-        }
+        self.call(Input::FsRead { volume, reply }, rx)
+            .await
+            .unwrap_or_else(|e| Err(VolReply::Unavailable(e.to_string())))
     }
 
     /// The digest of local replica `volume` and the index it was taken at.
     pub async fn vol_digest(&self, volume: u64) -> VolReply {
         let (reply, rx) = oneshot::channel();
-        if self.tx.try_send(Input::VolView { volume, reply }).is_err() {
-            return VolReply::Unavailable("node busy".into());
-        }
-        match rx.await {
+        match self.call(Input::VolView { volume, reply }, rx).await {
             Ok(Some((applied, view))) => {
                 match tokio::task::spawn_blocking(move || view.digest()).await {
                     Ok(Ok(digest)) => VolReply::Digest { applied, digest },
                     _ => VolReply::Unavailable("cannot read the replica".into()),
                 }
             }
-            _ => VolReply::Unavailable("not a replica of this volume".into()),
+            Ok(None) => VolReply::Unavailable("not a replica of this volume".into()),
+            Err(e) => VolReply::Unavailable(e.to_string()),
         }
     }
 
@@ -222,25 +226,12 @@ impl DriverHandle {
     }
 
     async fn ask(&self, input: Input, rx: oneshot::Receiver<VolReply>) -> VolReply {
-        if let Err(e) = self.tx.try_send(input) {
-            return VolReply::Unavailable(
-                if matches!(e, TrySendError::Full(_)) {
-                    "node busy"
-                } else {
-                    "node stopping"
-                }
-                .into(),
-            );
-        }
-        match tokio::time::timeout(
-            Duration::from_millis(limits::PROPOSAL_TIMEOUT_MS + 1000),
-            rx,
-        )
-        .await
-        {
-            Ok(Ok(r)) => r,
-            // The op may still commit; its outcome is unknown.
-            _ => VolReply::Op(Err(libc::EIO)),
+        match self.call(input, rx).await {
+            Ok(r) => r,
+            // Sent but unanswered: an op may still commit, outcome unknown.
+            Err(CallError::NoAnswer) => VolReply::Op(Err(libc::EIO)),
+            // Not taken: safe to try another replica.
+            Err(e) => VolReply::Unavailable(e.to_string()),
         }
     }
 
