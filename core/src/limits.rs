@@ -65,6 +65,10 @@ pub const CONSENSUS_ROUND_SLOW_MS: u64 = 50;
 /// How long a volume operation waits for a reachable leader before it
 /// fails with EIO (a volume that lost its majority never hangs).
 pub const VOLUME_WAIT_MS: u64 = 10_000;
+/// How long one attempt of a volume request that is safe to repeat (a
+/// read, a write of bytes at an offset) waits for the node it asked before
+/// asking another: a leader that just died never answers.
+pub const VOLUME_ATTEMPT_MS: u64 = 2_000;
 /// How long to wait for a QUIC handshake.
 pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
 /// How often a node pings every peer.

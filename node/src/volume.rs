@@ -28,6 +28,22 @@ pub async fn serve_local(driver: &DriverHandle, req: VolRequest) -> VolReply {
     }
 }
 
+/// Whether asking again, after an attempt whose outcome is unknown, cannot
+/// change the result: reads, and changes that set absolute values.
+fn retry_is_safe(req: &VolRequest) -> bool {
+    match req {
+        VolRequest::Read { .. } | VolRequest::Status { .. } | VolRequest::Digest { .. } => true,
+        VolRequest::Op { op, .. } => matches!(
+            op,
+            FsOp::Write { .. }
+                | FsOp::SetAttr { .. }
+                | FsOp::Reap { .. }
+                | FsOp::ReapNode { .. }
+                | FsOp::SetXattr { flags: 0, .. }
+        ),
+    }
+}
+
 /// Runs a read against applied state.
 pub fn do_read(view: &FsView, read: FsRead) -> Result<ReadReply, Errno> {
     Ok(match read {
@@ -91,11 +107,20 @@ impl Volumes {
             else {
                 return Attempt::Retry(None);
             };
-            match self
-                .transport
-                .request(target, addr, wire::encode(&PeerMsg::Vol(req.clone())))
-                .await
-            {
+            // A leader that died with our request never answers; do not
+            // wait for the connection to time out when asking again is safe.
+            let budget = if retry_is_safe(req) {
+                limits::VOLUME_ATTEMPT_MS
+            } else {
+                limits::VOLUME_WAIT_MS
+            };
+            let sent =
+                self.transport
+                    .request(target, addr, wire::encode(&PeerMsg::Vol(req.clone())));
+            let Ok(answer) = tokio::time::timeout(Duration::from_millis(budget), sent).await else {
+                return Attempt::Unknown;
+            };
+            match answer {
                 Ok(bytes) => match wire::decode::<VolReply>(&bytes, limits::FRAME_BYTES_MAX) {
                     Ok(r) => r,
                     Err(_) => return Attempt::Unknown,
@@ -155,16 +180,13 @@ impl Volumes {
                     return Ok(reply);
                 }
                 Attempt::Unknown => {
-                    return match req {
-                        // A read can simply be asked again.
-                        VolRequest::Read { .. } | VolRequest::Status { .. }
-                            if Instant::now() < deadline =>
-                        {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                            continue;
-                        }
-                        _ => Err(libc::EIO),
-                    };
+                    if !retry_is_safe(&req) || Instant::now() >= deadline {
+                        // It may or may not have happened.
+                        return Err(libc::EIO);
+                    }
+                    turn += 1;
+                    target = replicas[turn % replicas.len()];
+                    tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Attempt::Retry(hint) => {
                     if Instant::now() >= deadline {
