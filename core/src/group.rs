@@ -720,6 +720,27 @@ impl<S: StateMachine> RaftGroup<S> {
         self.log_retention = entries;
     }
 
+    /// If this node leads, hands the leadership to the voter whose log is
+    /// the most advanced. Returns whether a transfer started.
+    pub fn transfer_leadership_away(&mut self) -> Result<bool, GroupError> {
+        let me = self.id();
+        if self.raw.raft.state != StateRole::Leader {
+            return Ok(false);
+        }
+        let voters: Vec<u64> = self.raw.store().conf_state.voters.clone();
+        let best = voters
+            .into_iter()
+            .filter(|v| *v != me)
+            .filter_map(|v| self.raw.raft.prs().get(v).map(|p| (p.matched, v)))
+            .max();
+        let Some((_, to)) = best else {
+            return Ok(false);
+        };
+        self.raw.transfer_leader(to);
+        self.process()?;
+        Ok(true)
+    }
+
     /// Asks this node to start an election now (used at bootstrap).
     pub fn campaign(&mut self) -> Result<(), GroupError> {
         self.raw.campaign()?;

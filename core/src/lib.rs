@@ -14,7 +14,7 @@ pub mod limits;
 pub mod meta;
 pub mod wire;
 
-pub use raft::prelude::{ConfChange, Message as RaftMessage};
+pub use raft::prelude::{ConfChange, Message as RaftMessage, MessageType as RaftMessageType};
 pub use raft::StateRole;
 
 /// Encodes a Raft message for the wire.

@@ -62,6 +62,16 @@ pub const JOIN_TIMEOUT_MS: u64 = 20_000;
 /// A consensus round (persist, apply, send) slower than this is logged:
 /// every group on the node waits for it.
 pub const CONSENSUS_ROUND_SLOW_MS: u64 = 50;
+/// Free bytes a node keeps on its data disk. Below this it takes no new
+/// data: as a volume leader it refuses writes with ENOSPC (and hands the
+/// leadership to a replica with room); as a follower it leaves appends
+/// unprocessed and lags until space is freed, then catches up.
+/// RocksDB's background work (memtable flushes, compactions) needs room
+/// too, so the reserve is several memtables large.
+pub const DISK_RESERVE_BYTES: u64 = 192 << 20;
+/// Free bytes above the reserve before a short node takes data again, so
+/// that it does not flap as RocksDB's files come and go.
+pub const DISK_RESERVE_HYSTERESIS_BYTES: u64 = 64 << 20;
 /// How long a volume operation waits for a reachable leader before it
 /// fails with EIO (a volume that lost its majority never hangs).
 pub const VOLUME_WAIT_MS: u64 = 10_000;

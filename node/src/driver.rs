@@ -240,6 +240,25 @@ impl DriverHandle {
     }
 }
 
+/// Whether a peer's message would make this node store new data.
+fn carries_data(msg: &RaftMessage) -> bool {
+    use holdfast_core::RaftMessageType as T;
+    match msg.get_msg_type() {
+        T::MsgAppend => !msg.entries.is_empty(),
+        T::MsgSnapshot => true,
+        _ => false,
+    }
+}
+
+/// Whether applying `op` can take more space (deletes and truncates never
+/// do, so that a full volume can be cleaned up).
+fn consumes_space(op: &FsOp) -> bool {
+    matches!(
+        op,
+        FsOp::Mknod { .. } | FsOp::Link { .. } | FsOp::Write { .. } | FsOp::SetXattr { .. }
+    )
+}
+
 /// Reads waiting on one volume's linearization point.
 #[derive(Default)]
 struct Reads {
@@ -265,6 +284,7 @@ pub struct DriverStarter {
     shared: Arc<RwLock<Shared>>,
     metrics: Metrics,
     seed_peers: HashMap<u64, SocketAddr>,
+    data_dir: std::path::PathBuf,
 }
 
 impl std::fmt::Debug for DriverStarter {
@@ -286,6 +306,9 @@ pub struct Driver {
     pending: HashMap<u64, (Reply, Instant)>,
     next_req: u64,
     stopping: bool,
+    /// The data folder, and whether its disk is below the reserve.
+    data_dir: std::path::PathBuf,
+    disk_low: bool,
 }
 
 impl std::fmt::Debug for Driver {
@@ -302,6 +325,7 @@ impl Driver {
         engine: Arc<dyn Engine>,
         metrics: Metrics,
         seed_peers: HashMap<u64, SocketAddr>,
+        data_dir: std::path::PathBuf,
     ) -> (DriverStarter, DriverHandle) {
         let (tx, rx) = std::sync::mpsc::sync_channel(limits::INBOX_DEPTH_MAX);
         let shared = Arc::new(RwLock::new(Shared {
@@ -322,6 +346,7 @@ impl Driver {
                 shared,
                 metrics,
                 seed_peers,
+                data_dir,
             },
             handle,
         )
@@ -344,6 +369,8 @@ impl DriverStarter {
             pending: HashMap::new(),
             next_req: rand::random::<u64>() >> 1,
             stopping: false,
+            data_dir: s.data_dir,
+            disk_low: false,
         };
         std::thread::Builder::new()
             .name("consensus".into())
@@ -382,6 +409,7 @@ impl Driver {
                     next_tick = now + tick;
                 }
                 self.expire(now);
+                self.check_disk()?;
             }
             match self
                 .rx
@@ -453,6 +481,10 @@ impl Driver {
                 if msg.from != from {
                     return Ok(());
                 }
+                // Short of disk, take no new volume data: lag, do not fail.
+                if self.disk_low && group != META_GROUP && carries_data(&msg) {
+                    return Ok(());
+                }
                 if group == META_GROUP {
                     self.meta.step(msg)?;
                 } else if let Some(v) = self.volumes.get_mut(&group) {
@@ -498,6 +530,10 @@ impl Driver {
                 let st = v.group.status();
                 if st.role != StateRole::Leader {
                     let _ = reply.send(VolReply::NotLeader { leader: st.leader });
+                    return Ok(());
+                }
+                if self.disk_low && consumes_space(&op) {
+                    let _ = reply.send(VolReply::Op(Err(libc::ENOSPC)));
                     return Ok(());
                 }
                 match v.group.propose(wire::encode(&FsProposal {
@@ -588,6 +624,34 @@ impl Driver {
     fn req_id(&mut self) -> u64 {
         self.next_req = self.next_req.wrapping_add(1);
         self.next_req
+    }
+
+    /// Checks free space on the data disk; when it runs short, hands the
+    /// leadership of local volumes to replicas with room.
+    fn check_disk(&mut self) -> Result<(), GroupError> {
+        let free = fs4::available_space(&self.data_dir).unwrap_or(u64::MAX);
+        let low = if self.disk_low {
+            free < limits::DISK_RESERVE_BYTES + limits::DISK_RESERVE_HYSTERESIS_BYTES
+        } else {
+            free < limits::DISK_RESERVE_BYTES
+        };
+        if low != self.disk_low {
+            if low {
+                tracing::warn!(
+                    free_bytes = free,
+                    "data disk nearly full: refusing new volume data until space is freed"
+                );
+            } else {
+                tracing::info!(free_bytes = free, "data disk has room again");
+            }
+            self.disk_low = low;
+        }
+        if low {
+            for v in self.volumes.values_mut() {
+                v.group.transfer_leadership_away()?;
+            }
+        }
+        Ok(())
     }
 
     fn expire(&mut self, now: Instant) {

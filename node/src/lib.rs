@@ -409,6 +409,7 @@ async fn run(
         s.engine.clone(),
         metrics.clone(),
         s.seed_peers.clone(),
+        dir.root.clone(),
     );
     let svc = Arc::new(service::NodeService {
         driver: handle.clone(),

@@ -33,6 +33,10 @@ impl RocksEngine {
         // File data is mostly already compressed (images, archives, video);
         // compressing blocks costs CPU on every read and saves little.
         opts.set_compression_type(rocksdb::DBCompressionType::None);
+        // Small memtables bound the size of each flush, so that a node
+        // short of disk (see DISK_RESERVE_BYTES) never needs much room.
+        opts.set_write_buffer_size(32 << 20);
+        opts.set_max_write_buffer_number(2);
         let db = DB::open(&opts, dir).map_err(map_err)?;
         Ok(Self { db })
     }

@@ -388,6 +388,14 @@ impl Cluster {
         out
     }
 
+    /// Detaches `path` (a mount the test made) when the cluster goes.
+    pub fn track_mount(&self, path: PathBuf) {
+        self.mounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(path);
+    }
+
     /// Creates a file volume through node 0.
     pub fn create_volume(&self, name: &str, replicas: usize) {
         let o = self.cli(
