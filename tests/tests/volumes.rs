@@ -562,6 +562,8 @@ fn a_full_disk_on_one_replica_fails_only_what_it_must_and_recovers() {
     c.wait_converged(0, 3);
     c.create_volume("web", 3);
     let m = c.mount(0, "web");
+    // The volume must have elected its first leader before writes count.
+    leader_index(&c);
     // n3 stores each byte twice (log and state): 280 MiB of files take it
     // below its reserve. The other two replicas have room, so every write
     // must succeed; one may see ENOSPC while the leadership moves away
