@@ -520,6 +520,11 @@ pub struct RaftGroup<S: StateMachine> {
     /// Peers sent a snapshot in this round, reported as delivered after it.
     snapshots_sent: Vec<u64>,
     group: u64,
+    /// Reads asked of a leader that has not yet committed an entry of its
+    /// own term. raft-rs drops those silently; they are asked again once it
+    /// has, and dropped if it stops leading first (the caller's round then
+    /// expires, as for any lost read).
+    deferred_reads: Vec<u64>,
 }
 
 impl<S: StateMachine> std::fmt::Debug for RaftGroup<S> {
@@ -635,6 +640,7 @@ impl<S: StateMachine> RaftGroup<S> {
             held: false,
             snapshots_sent: Vec::new(),
             group,
+            deferred_reads: Vec::new(),
         };
         g.rerandomize_timeout();
         Ok(g)
@@ -710,6 +716,12 @@ impl<S: StateMachine> RaftGroup<S> {
     /// `ctx` follows once the leader has confirmed it still leads. Only a
     /// leader answers; elsewhere the request is dropped.
     pub fn read_index(&mut self, ctx: u64) -> Result<(), GroupError> {
+        if self.raw.raft.state == StateRole::Leader && !self.raw.raft.commit_to_current_term() {
+            if self.deferred_reads.len() < limits::READS_DEFERRED_MAX {
+                self.deferred_reads.push(ctx);
+            }
+            return Ok(());
+        }
         self.raw.read_index(ctx.to_be_bytes().to_vec());
         self.process()
     }
@@ -781,6 +793,15 @@ impl<S: StateMachine> RaftGroup<S> {
 
     fn process(&mut self) -> Result<(), GroupError> {
         self.rerandomize_timeout();
+        if !self.deferred_reads.is_empty() {
+            if self.raw.raft.state != StateRole::Leader {
+                self.deferred_reads.clear();
+            } else if self.raw.raft.commit_to_current_term() {
+                for ctx in std::mem::take(&mut self.deferred_reads) {
+                    self.raw.read_index(ctx.to_be_bytes().to_vec());
+                }
+            }
+        }
         if self.held {
             return Ok(());
         }

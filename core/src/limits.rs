@@ -57,6 +57,10 @@ pub const API_BODY_BYTES_MAX: usize = 64 << 10;
 /// How long a proposal may wait for its outcome before the caller is told
 /// it timed out (the outcome is then unknown).
 pub const PROPOSAL_TIMEOUT_MS: u64 = 10_000;
+
+/// Linearizable reads a new leader holds until it has committed an entry
+/// of its own term (the driver runs one read round per group at a time).
+pub const READS_DEFERRED_MAX: usize = 64;
 /// How long a joining node waits for its join to be committed.
 pub const JOIN_TIMEOUT_MS: u64 = 20_000;
 /// A consensus round (persist, apply, send) slower than this is logged:

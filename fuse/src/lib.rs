@@ -674,6 +674,13 @@ impl<B: Backend> Filesystem for VolumeFs<B> {
         });
         if left == Some(0) {
             self.open.remove(&ino);
+            // close(2) already reported the failed flush. With no handle
+            // left, nobody can fsync it again: like the kernel after a
+            // failed writeback, forget the bytes rather than show this
+            // node's readers data the volume may never hold.
+            if r.is_err() && self.dirty.remove(&ino).is_some() {
+                tracing::warn!(ino, "dropped unflushed writes of a closed file");
+            }
             if self.orphans.remove(&ino) {
                 if let Err(e) = self.backend.op(FsOp::Reap { ino }) {
                     tracing::warn!(

@@ -16,7 +16,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use holdfast_core::fs::{FsEvent, FsMachine, FsOp, FsProposal, FsView, Stats};
+use holdfast_core::fs::{FsEvent, FsMachine, FsOp, FsProposal, FsReply, FsView, Stats};
 use holdfast_core::group::{self, GroupError, GroupStatus, Output, RaftGroup};
 use holdfast_core::limits;
 use holdfast_core::meta::{
@@ -28,6 +28,7 @@ use holdfast_storage::Engine;
 use holdfast_transport::Transport;
 use tokio::sync::oneshot;
 
+use crate::faults::{broken, Break};
 use crate::metrics::{label, Metrics};
 
 /// Why a metadata proposal did not produce an outcome.
@@ -274,6 +275,9 @@ struct Volume {
     group: RaftGroup<FsMachine>,
     pending: HashMap<u64, (oneshot::Sender<VolReply>, Instant)>,
     reads: Reads,
+    /// `Break::AckBeforeQuorum` only: writes already acknowledged, proposed
+    /// at the next tick (dropped if this node no longer leads by then).
+    acked_early: Vec<Vec<u8>>,
 }
 
 /// A driver that is not running yet.
@@ -387,6 +391,30 @@ impl DriverStarter {
     }
 }
 
+/// `Break::AckBeforeQuorum`: proposes the writes this leader acknowledged
+/// since the last tick, or forgets them if it no longer leads.
+fn propose_acked_early(v: &mut Volume) -> Result<(), GroupError> {
+    if v.acked_early.is_empty() {
+        return Ok(());
+    }
+    let early = std::mem::take(&mut v.acked_early);
+    if v.group.status().role != StateRole::Leader {
+        tracing::warn!(
+            writes = early.len(),
+            "deliberate bug: forgot acknowledged writes"
+        );
+        return Ok(());
+    }
+    for p in early {
+        match v.group.propose(p) {
+            Ok(()) => {}
+            Err(GroupError::Raft(_)) => return Ok(()),
+            Err(fatal) => return Err(fatal),
+        }
+    }
+    Ok(())
+}
+
 impl Driver {
     fn run(&mut self) -> Result<(), GroupError> {
         let tick = Duration::from_millis(limits::TICK_MS);
@@ -403,6 +431,7 @@ impl Driver {
                 self.meta.tick()?;
                 for v in self.volumes.values_mut() {
                     v.group.tick()?;
+                    propose_acked_early(v)?;
                 }
                 next_tick += tick;
                 if next_tick < now {
@@ -536,11 +565,18 @@ impl Driver {
                     let _ = reply.send(VolReply::Op(Err(libc::ENOSPC)));
                     return Ok(());
                 }
-                match v.group.propose(wire::encode(&FsProposal {
+                let is_write = matches!(op, FsOp::Write { .. });
+                let proposal = wire::encode(&FsProposal {
                     req_id,
                     origin: me,
                     op,
-                })) {
+                });
+                if is_write && broken(Break::AckBeforeQuorum) {
+                    v.acked_early.push(proposal);
+                    let _ = reply.send(VolReply::Op(Ok(FsReply::Done)));
+                    return Ok(());
+                }
+                match v.group.propose(proposal) {
                     Ok(()) => {
                         v.pending.insert(req_id, (reply, Instant::now()));
                     }
@@ -560,6 +596,10 @@ impl Driver {
                     )));
                     return Ok(());
                 };
+                if broken(Break::StaleRead) {
+                    let _ = reply.send(Ok(v.group.state_machine().view()));
+                    return Ok(());
+                }
                 let st = v.group.status();
                 if st.role != StateRole::Leader {
                     let _ = reply.send(Err(VolReply::NotLeader { leader: st.leader }));
@@ -754,6 +794,7 @@ impl Driver {
                 Volume {
                     group: g,
                     pending: HashMap::new(),
+                    acked_early: Vec::new(),
                     reads: Reads::default(),
                 },
             );

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod disk;
 pub mod driver;
+pub mod faults;
 pub mod metrics;
 pub mod mounts;
 pub mod service;
@@ -99,6 +100,7 @@ pub async fn serve(
     opts: ServeOptions,
     stop: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), NodeError> {
+    faults::init_from_env().map_err(NodeError::Usage)?;
     let dir = DataDir::new(&opts.data);
     let existing = dir.load()?;
     let mode = match (&existing, opts.bootstrap, opts.join) {

@@ -4,6 +4,11 @@
 //!
 //! The binary under test is `target/<profile>/holdfast`, found next to the
 //! test executable, or `HOLDFAST_BIN`.
+//!
+//! [`Cluster::start_with`] can instead put each node in its own network
+//! namespace ([`net::Net`]), so that links between nodes can be cut.
+
+pub mod net;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,10 +21,13 @@ pub fn holdfast_bin() -> PathBuf {
     if let Ok(p) = std::env::var("HOLDFAST_BIN") {
         return PathBuf::from(p);
     }
-    // target/debug/deps/<test> -> target/debug/holdfast
+    // target/debug/deps/<test> or target/debug/<tool> -> target/debug/holdfast
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target dir");
-    let bin = dir.join("holdfast");
+    let dir = exe.parent().expect("target dir");
+    let bin = [dir.join("holdfast"), dir.join("../holdfast")]
+        .into_iter()
+        .find(|b| b.exists())
+        .unwrap_or_else(|| dir.join("../holdfast"));
     assert!(
         bin.exists(),
         "{} not built; run `cargo build --bin holdfast` first",
@@ -105,6 +113,9 @@ pub struct Node {
     pub api: SocketAddr,
     pub child: Option<Child>,
     log: PathBuf,
+    /// `/run/netns/...` when the node lives in its own network namespace.
+    netns: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Node {
@@ -144,6 +155,8 @@ impl Node {
         self.child = Some(spawn_serve(
             &["--data", &self.data.display().to_string()],
             &self.log,
+            self.netns.as_deref(),
+            &self.env,
         ));
     }
 
@@ -169,14 +182,25 @@ pub fn signal(child: &Child, name: &str) {
     assert!(ok, "kill -{name} {} failed", child.id());
 }
 
-fn spawn_serve(args: &[&str], log: &Path) -> Child {
+fn spawn_serve(args: &[&str], log: &Path, netns: Option<&str>, env: &[(String, String)]) -> Child {
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .expect("log file");
-    Command::new(holdfast_bin())
-        .arg("serve")
+    // nsenter switches only the network namespace and then execs, so the
+    // child is the node itself (signals reach it) and its FUSE mounts are
+    // seen by everyone.
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={ns}")).arg("--").arg(holdfast_bin());
+            c
+        }
+        None => Command::new(holdfast_bin()),
+    };
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    cmd.arg("serve")
         .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -194,6 +218,20 @@ pub struct Cluster {
     pub admin_token: String,
     /// Mount points made by [`Cluster::mount`], detached on drop.
     mounts: std::sync::Mutex<Vec<PathBuf>>,
+    opts: ClusterOptions,
+    /// Dropped after the nodes (see `Drop`).
+    pub net: Option<net::Net>,
+}
+
+/// How [`Cluster::start_with`] starts nodes.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterOptions {
+    /// Each node in its own network namespace ([`net::Net`]).
+    pub netns: bool,
+    /// Environment for every node process.
+    pub env: Vec<(String, String)>,
+    /// Node index and size in MiB: that node's data folder is a tmpfs.
+    pub small_disk: Option<(usize, u64)>,
 }
 
 impl Drop for Cluster {
@@ -205,6 +243,12 @@ impl Drop for Cluster {
         for m in self.mounts.lock().unwrap_or_else(|e| e.into_inner()).iter() {
             let _ = Command::new("umount").arg("-l").arg(m).output();
         }
+        if let Some((i, _)) = self.opts.small_disk {
+            if let Some(n) = self.nodes.get(i) {
+                let _ = Command::new("umount").arg("-l").arg(&n.data).output();
+            }
+        }
+        self.net.take();
     }
 }
 
@@ -225,6 +269,10 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
 impl Cluster {
     /// Bootstraps `n1` and joins `n2..=count` through `n1`.
     pub fn start(count: usize) -> Cluster {
+        Self::start_with(count, ClusterOptions::default())
+    }
+
+    pub fn start_with(count: usize, opts: ClusterOptions) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("holdfast-test-")
             .tempdir()
@@ -234,6 +282,8 @@ impl Cluster {
             nodes: Vec::new(),
             admin_token: String::new(),
             mounts: Default::default(),
+            net: opts.netns.then(net::Net::create),
+            opts,
         };
         let n1 = c.spawn_new("n1", &["--bootstrap"]);
         c.nodes.push(n1);
@@ -250,13 +300,31 @@ impl Cluster {
         c
     }
 
-    /// Starts a new process `serve --data DIR/NAME --name NAME ...EXTRA`.
-    pub fn spawn_new(&self, name: &str, extra: &[&str]) -> Node {
-        let ip = fresh_ip();
+    /// Starts a new process `serve --data DIR/NAME --name NAME ...EXTRA`
+    /// as node number `self.nodes.len()`.
+    pub fn spawn_new(&mut self, name: &str, extra: &[&str]) -> Node {
+        let index = self.nodes.len();
+        let (ip, netns) = match self.net.as_mut() {
+            Some(net) => {
+                let i = net.add_node();
+                assert_eq!(i, index, "one namespace per node, in order");
+                (net.ip(i), Some(net.ns_path(i)))
+            }
+            None => (fresh_ip(), None),
+        };
         let peer: SocketAddr = format!("{ip}:7001").parse().expect("addr");
         let api: SocketAddr = format!("{ip}:7101").parse().expect("addr");
         let data = self.dir.path().join(name);
         let log = self.dir.path().join(format!("{name}.log"));
+        if let Some((_, mib)) = self.opts.small_disk.filter(|(i, _)| *i == index) {
+            std::fs::create_dir_all(&data).expect("data folder");
+            let o = Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+                .arg(&data)
+                .output()
+                .expect("mount tmpfs");
+            assert!(o.status.success(), "mount tmpfs: {}", stderr(&o));
+        }
         let mut args = vec![
             "--data".to_string(),
             data.display().to_string(),
@@ -274,8 +342,10 @@ impl Cluster {
             data,
             peer,
             api,
-            child: Some(spawn_serve(&refs, &log)),
+            child: Some(spawn_serve(&refs, &log, netns.as_deref(), &self.opts.env)),
             log,
+            netns,
+            env: self.opts.env.clone(),
         }
     }
 
@@ -440,6 +510,15 @@ impl Cluster {
 
     /// Each replica's applied index and state digest, asked of node `i`.
     pub fn digests(&self, i: usize, volume: &str) -> Vec<(String, u64, Option<String>)> {
+        self.try_digests(i, volume).expect("digests")
+    }
+
+    /// [`Cluster::digests`], or `None` when node `i` does not answer.
+    pub fn try_digests(
+        &self,
+        i: usize,
+        volume: &str,
+    ) -> Option<Vec<(String, u64, Option<String>)>> {
         let v: serde_json::Value = ureq::get(&format!(
             "http://{}/api/v1/volumes/{volume}/digests",
             self.nodes[i].api
@@ -447,20 +526,21 @@ impl Cluster {
         .set("Authorization", &format!("Bearer {}", self.admin_token))
         .timeout(Duration::from_secs(60))
         .call()
-        .expect("digests")
+        .ok()?
         .into_json()
-        .expect("digests JSON");
-        v.as_array()
-            .expect("array")
-            .iter()
-            .map(|r| {
-                (
-                    r["node"].as_str().unwrap_or_default().to_string(),
-                    r["applied_index"].as_u64().unwrap_or(0),
-                    r["digest"].as_str().map(str::to_string),
-                )
-            })
-            .collect()
+        .ok()?;
+        Some(
+            v.as_array()?
+                .iter()
+                .map(|r| {
+                    (
+                        r["node"].as_str().unwrap_or_default().to_string(),
+                        r["applied_index"].as_u64().unwrap_or(0),
+                        r["digest"].as_str().map(str::to_string),
+                    )
+                })
+                .collect(),
+        )
     }
 
     pub fn index_of(&self, name: &str) -> usize {
