@@ -30,9 +30,13 @@
 //!   that trigger a known bug, to look past it for others (see [`Avoid`]).
 //!
 //! A failure report ends with the last lines of the world's log.
+//!
+//! Seeded draws and running and reporting seeds are shared with
+//! `sim_volume.rs` in `sim_common`.
+
+mod sim_common;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use holdfast_core::group::{bootstrap, GroupError, GroupStatus, Output, RaftGroup};
@@ -46,6 +50,7 @@ use holdfast_storage::{Engine, MemEngine};
 use raft::prelude::MessageType;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sim_common::{chance, pick};
 
 type Group = RaftGroup<MetaMachine>;
 
@@ -75,8 +80,6 @@ const TASK_TICKS_MAX: u64 = 150;
 const DURABLE_TOKENS_MAX: usize = 60;
 /// An expiry that pruning never reaches.
 const FAR_FUTURE_MS: u64 = u64::MAX / 2;
-/// Failed seeds whose report is shown in full (the rest in two lines).
-const FAILURES_IN_FULL: usize = 3;
 /// Lines of the world's log kept for a failure report.
 const LOG_LINES_MAX: usize = 40;
 /// Per-tick chances, in thousandths.
@@ -126,14 +129,6 @@ impl Faults {
             work_permille: 0,
         }
     }
-}
-
-fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
-    xs[rng.gen_range(0..xs.len())]
-}
-
-fn chance(rng: &mut ChaCha8Rng, permille: u32) -> bool {
-    rng.gen_range(0..1000) < permille
 }
 
 /// Faults the world can leave out, to look past a known bug for others:
@@ -515,14 +510,8 @@ impl Stats {
     }
 }
 
-/// How one run ended: its trace digest (for the determinism check) and
-/// what it exercised.
-#[derive(Debug, Clone)]
-struct Report {
-    digest: String,
-    stats: Stats,
-    failure: Option<String>,
-}
+/// How one run ended; its digest is the trace's, in hex.
+type Report = sim_common::Report<String, Stats>;
 
 #[derive(Debug)]
 struct World {
@@ -1039,14 +1028,8 @@ impl World {
             Some(_) => {}
             None if chance(&mut self.rng, self.faults.partition_permille) => {
                 let ids: Vec<u64> = self.nodes.keys().copied().collect();
-                let side: BTreeSet<u64> = if self.rng.gen_bool(0.3) {
-                    [pick(&mut self.rng, &ids)].into()
-                } else {
-                    ids.into_iter().filter(|_| self.rng.gen_bool(0.5)).collect()
-                };
-                let heal_at = tick + self.rng.gen_range(20..=200);
-                // A split needs someone on each side.
-                if !side.is_empty() && side.len() < self.nodes.len() {
+                if let Some((side, heal_at)) = sim_common::draw_partition(&mut self.rng, ids, tick)
+                {
                     self.note(format!(
                         "partition: {side:?} cut off from the rest until tick {heal_at}"
                     ));
@@ -1507,104 +1490,32 @@ fn pick_clone<T: Clone>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
 // ---------------------------------------------------------------------------
 // Running seeds
 
-fn replay(seed: u64) -> String {
-    format!(
-        "seed={seed}; replay with: HOLDFAST_SIM_SEED={seed} cargo test -p holdfast-core --test sim"
-    )
-}
-
 /// Runs one seed. A checker failure or a panic becomes `failure`, which
 /// names the seed and ends with the world's last log lines.
 fn sim(seed: u64) -> Report {
-    let mut world = None;
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let w = world.insert(World::new(seed)?);
-        w.run_ticks(CHAOS_TICKS, true)?;
-        w.note("healing: no more faults, crashed nodes restart".into());
-        w.heal()
-    }));
-    let why = match outcome {
-        Ok(Ok(())) => None,
-        Ok(Err(why)) => Some(format!("simulation failed: {why}")),
-        Err(p) => {
-            let msg = p.downcast_ref::<String>().cloned();
-            let msg = msg.or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-            Some(format!("simulation panicked: {}", msg.unwrap_or_default()))
-        }
-    };
-    let Some(w) = world else {
-        let why = why.unwrap_or_default();
-        return Report {
-            digest: String::new(),
-            stats: Stats::default(),
-            failure: Some(format!("{why}\n{}", replay(seed))),
-        };
-    };
-    let failure = why.map(|why| {
-        let log = Vec::from(w.log).join("\n  ");
-        format!("{why}\n{}\nlast events:\n  {log}", replay(seed))
-    });
-    Report {
-        digest: w.trace.finalize().to_hex().to_string(),
-        stats: w.stats,
-        failure,
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    match v.trim().parse() {
-        Ok(n) => Some(n),
-        Err(_) => panic!("{name}={v:?} is not a number"),
-    }
-}
-
-/// The seeds to run: the one in `HOLDFAST_SIM_SEED`, or `0..HOLDFAST_SIM_SEEDS`.
-fn seeds() -> Vec<u64> {
-    match env_u64("HOLDFAST_SIM_SEED") {
-        Some(seed) => vec![seed],
-        None => (0..env_u64("HOLDFAST_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
-    }
+    sim_common::run_seed(
+        "sim",
+        seed,
+        |world| {
+            let w = world.insert(World::new(seed)?);
+            w.run_ticks(CHAOS_TICKS, true)?;
+            w.note("healing: no more faults, crashed nodes restart".into());
+            w.heal()
+        },
+        |w: World| (w.trace.finalize().to_hex().to_string(), w.stats, w.log),
+    )
 }
 
 #[test]
 fn seeds_keep_every_invariant() {
-    let seeds = seeds();
-    let mut total = Stats::default();
-    let mut failures = Vec::new();
-    for &seed in &seeds {
-        let r = sim(seed);
-        if seeds.len() == 1 {
-            println!("seed {seed}: {:?}\ndigest {}", r.stats, r.digest);
-        }
-        match r.failure {
-            None => total.add(&r.stats),
-            Some(e) => failures.push(e),
-        }
-    }
-    println!("{} seeds: {total:?}", seeds.len());
-    // The first few failures in full, the rest by their first two lines
-    // (what failed, and the seed).
-    let shown: Vec<String> = failures
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            if i < FAILURES_IN_FULL {
-                f.clone()
-            } else {
-                f.lines().take(2).collect::<Vec<_>>().join("\n")
-            }
-        })
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} seeds failed:\n{}",
-        failures.len(),
-        seeds.len(),
-        shown.join("\n\n")
+    let seeds = sim_common::seeds(DEFAULT_SEEDS);
+    let total = sim_common::run_seeds(
+        &seeds,
+        sim,
+        |seed, r| format!("seed {seed}: {:?}\ndigest {}", r.stats, r.digest),
+        Stats::add,
     );
     if seeds.len() >= 20 {
-        // The simulation must actually exercise what it claims to.
         let exercised = [
             ("crashes", total.crashes),
             ("partitions", total.partitions),
@@ -1617,9 +1528,7 @@ fn seeds_keep_every_invariant() {
             ("snapshots", total.snapshots_sent),
             ("log compaction", total.compacted),
         ];
-        for (what, n) in exercised {
-            assert!(n > 0, "no seed exercised {what}: {total:?}");
-        }
+        sim_common::assert_exercised(&exercised, &total);
     }
 }
 
@@ -1629,27 +1538,7 @@ fn seeds_keep_every_invariant() {
 /// proves that `RaftGroup` overrides every one of them from its seed.
 #[test]
 fn same_seed_same_run() {
-    let seeds = match env_u64("HOLDFAST_SIM_SEED") {
-        Some(s) => vec![s],
-        None => (0..10).collect(),
-    };
-    let mut digests = BTreeSet::new();
-    for &seed in &seeds {
-        let a = sim(seed);
-        let b = sim(seed);
-        assert_eq!(
-            (&a.digest, &a.failure),
-            (&b.digest, &b.failure),
-            "two runs of the same seed differ: nondeterminism\n{}",
-            replay(seed)
-        );
-        digests.insert(a.digest);
-    }
-    assert_eq!(
-        digests.len(),
-        seeds.len(),
-        "different seeds gave the same run"
-    );
+    sim_common::assert_same_runs("sim", &sim_common::replay_seeds(10), sim);
 }
 
 // ---------------------------------------------------------------------------

@@ -58,10 +58,14 @@
 //!   unanswered writes as the node's router once did. Many seeds then fail
 //!   linearizability: a repeated write takes effect twice, the second time
 //!   after another client's later write (writes are at-least-once).
+//!
+//! Seeded draws and running and reporting seeds are shared with `sim.rs`
+//! in `sim_common`.
+
+mod sim_common;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{DefaultHasher, Hasher};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 use holdfast_check::{append, register};
@@ -71,6 +75,7 @@ use holdfast_core::{limits, wire, RaftMessage, StateRole};
 use holdfast_storage::{prefix_end, Batch, Engine, MemEngine};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use sim_common::{chance, pick};
 
 type Group = RaftGroup<FsMachine>;
 
@@ -106,8 +111,6 @@ const VALUE_BYTES: usize = 16;
 const READ_BYTES_MAX: usize = limits::FS_READ_BYTES_MAX;
 /// Ticks between samples of every replica's state (state-machine safety).
 const SAMPLE_TICKS: u64 = 20;
-/// Failed seeds whose report is shown in full (the rest in two lines).
-const FAILURES_IN_FULL: usize = 3;
 /// Lines of the world's log kept for a failure report.
 const LOG_LINES_MAX: usize = 40;
 
@@ -158,14 +161,6 @@ impl Faults {
             think_steps_max: self.think_steps_max,
         }
     }
-}
-
-fn pick<T: Copy>(rng: &mut ChaCha8Rng, xs: &[T]) -> T {
-    xs[rng.gen_range(0..xs.len())]
-}
-
-fn chance(rng: &mut ChaCha8Rng, permille: u32) -> bool {
-    rng.gen_range(0..1000) < permille
 }
 
 /// How the simulated system behaves.
@@ -561,13 +556,8 @@ impl Stats {
     }
 }
 
-/// How one run ended.
-#[derive(Debug, Clone)]
-struct Report {
-    digest: u64,
-    stats: Stats,
-    failure: Option<String>,
-}
+/// How one run ended; its digest is the trace's hash.
+type Report = sim_common::Report<u64, Stats>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
@@ -1116,13 +1106,8 @@ impl World {
             Some(_) => {}
             None if chance(&mut self.rng, self.faults.partition_permille) => {
                 let ids = self.replicas.clone();
-                let side: BTreeSet<u64> = if self.rng.gen_bool(0.3) {
-                    [pick(&mut self.rng, &ids)].into()
-                } else {
-                    ids.into_iter().filter(|_| self.rng.gen_bool(0.5)).collect()
-                };
-                let heal_at = tick + self.rng.gen_range(20..=200);
-                if !side.is_empty() && side.len() < self.replicas.len() {
+                if let Some((side, heal_at)) = sim_common::draw_partition(&mut self.rng, ids, tick)
+                {
                     self.note(format!(
                         "partition: {side:?} cut off from the rest until tick {heal_at}"
                     ));
@@ -1635,104 +1620,37 @@ fn describe(statuses: &[GroupStatus]) -> String {
 // ---------------------------------------------------------------------------
 // Running seeds
 
-fn replay(seed: u64) -> String {
-    format!(
-        "seed={seed}; replay with: HOLDFAST_SIM_SEED={seed} cargo test -p holdfast-core --test sim_volume"
-    )
-}
-
 /// Runs one seed. A checker failure or a panic becomes `failure`, which
 /// names the seed and ends with the world's last log lines.
 fn sim(seed: u64, opts: Options) -> Report {
-    let mut world = None;
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
-        let w = world.insert(World::new(seed, opts)?);
-        w.run_ticks(CHAOS_TICKS)?;
-        w.heal()
-    }));
-    let why = match outcome {
-        Ok(Ok(())) => None,
-        Ok(Err(why)) => Some(format!("simulation failed: {why}")),
-        Err(p) => {
-            let msg = p.downcast_ref::<String>().cloned();
-            let msg = msg.or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
-            Some(format!("simulation panicked: {}", msg.unwrap_or_default()))
-        }
-    };
-    let Some(w) = world else {
-        return Report {
-            digest: 0,
-            stats: Stats::default(),
-            failure: Some(format!("{}\n{}", why.unwrap_or_default(), replay(seed))),
-        };
-    };
-    let failure = why.map(|why| {
-        let log = Vec::from(w.log).join("\n  ");
-        format!("{why}\n{}\nlast events:\n  {log}", replay(seed))
-    });
-    Report {
-        digest: w.trace.finish(),
-        stats: w.stats,
-        failure,
-    }
-}
-
-fn env_u64(name: &str) -> Option<u64> {
-    let v = std::env::var(name).ok()?;
-    match v.trim().parse() {
-        Ok(n) => Some(n),
-        Err(_) => panic!("{name}={v:?} is not a number"),
-    }
-}
-
-/// The seeds to run: the one in `HOLDFAST_SIM_SEED`, or `0..HOLDFAST_SIM_SEEDS`.
-fn seeds() -> Vec<u64> {
-    match env_u64("HOLDFAST_SIM_SEED") {
-        Some(seed) => vec![seed],
-        None => (0..env_u64("HOLDFAST_SIM_SEEDS").unwrap_or(DEFAULT_SEEDS)).collect(),
-    }
+    sim_common::run_seed(
+        "sim_volume",
+        seed,
+        |world| {
+            let w = world.insert(World::new(seed, opts)?);
+            w.run_ticks(CHAOS_TICKS)?;
+            w.heal()
+        },
+        |w: World| (w.trace.finish(), w.stats, w.log),
+    )
 }
 
 #[test]
 fn seeds_keep_every_invariant() {
-    let seeds = seeds();
+    let seeds = sim_common::seeds(DEFAULT_SEEDS);
     let opts = Options::from_env();
-    let mut total = Stats::default();
-    let mut failures = Vec::new();
-    for &seed in &seeds {
-        let r = sim(seed, opts);
-        if seeds.len() == 1 {
-            println!(
+    let total = sim_common::run_seeds(
+        &seeds,
+        |seed| sim(seed, opts),
+        |seed, r| {
+            format!(
                 "seed {seed}: {:#?}\ntrace digest {:016x}",
                 r.stats, r.digest
-            );
-        }
-        match r.failure {
-            None => total.add(&r.stats),
-            Some(e) => failures.push(e),
-        }
-    }
-    println!("{} seeds: {total:?}", seeds.len());
-    let shown: Vec<String> = failures
-        .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            if i < FAILURES_IN_FULL {
-                f.clone()
-            } else {
-                f.lines().take(2).collect::<Vec<_>>().join("\n")
-            }
-        })
-        .collect();
-    assert!(
-        failures.is_empty(),
-        "{} of {} seeds failed:\n{}",
-        failures.len(),
-        seeds.len(),
-        shown.join("\n\n")
+            )
+        },
+        Stats::add,
     );
     if seeds.len() >= 20 {
-        // The simulation must exercise what it claims to.
         let exercised = [
             ("crashes", total.crashes),
             ("partitions", total.partitions),
@@ -1747,9 +1665,7 @@ fn seeds_keep_every_invariant() {
                 u64::from(total.replicas > 3 * seeds.len() as u64),
             ),
         ];
-        for (what, n) in exercised {
-            assert!(n > 0, "no seed exercised {what}: {total:?}");
-        }
+        sim_common::assert_exercised(&exercised, &total);
     }
 }
 
@@ -1757,28 +1673,10 @@ fn seeds_keep_every_invariant() {
 /// message, event and fault, and the final digest.
 #[test]
 fn same_seed_same_run() {
-    let seeds = match env_u64("HOLDFAST_SIM_SEED") {
-        Some(s) => vec![s],
-        None => (0..3).collect(),
-    };
     let opts = Options::from_env();
-    let mut digests = BTreeSet::new();
-    for &seed in &seeds {
-        let a = sim(seed, opts);
-        let b = sim(seed, opts);
-        assert_eq!(
-            (a.digest, &a.failure),
-            (b.digest, &b.failure),
-            "two runs of the same seed differ: nondeterminism\n{}",
-            replay(seed)
-        );
-        digests.insert(a.digest);
-    }
-    assert_eq!(
-        digests.len(),
-        seeds.len(),
-        "different seeds gave the same run"
-    );
+    sim_common::assert_same_runs("sim_volume", &sim_common::replay_seeds(3), |seed| {
+        sim(seed, opts)
+    });
 }
 
 /// The checkers can fail: with a leader that acknowledges writes before a
