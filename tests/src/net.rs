@@ -106,23 +106,26 @@ impl Net {
     /// A bridge and no nodes yet.
     pub fn create() -> Net {
         clear_leftovers();
+        std::fs::create_dir_all(REGISTRY).expect("registry folder");
         let used = run(&["ip", "-4", "-o", "addr"]);
+        // The subnet names the run; claiming its registry entry with
+        // `create_new` keeps two runs starting at once apart.
         let (tag, subnet) = (0..1000)
-            .map(|_| {
-                let r: u32 = rand::random();
-                (format!("{:04x}", r & 0xffff), 1 + ((r >> 16) % 250) as u8)
-            })
-            .find(|(tag, s)| {
-                !used.contains(&format!("10.215.{s}.")) && !used.contains(&format!("hfbr{tag}"))
+            .map(|_| 1 + (rand::random::<u32>() % 250) as u8)
+            .filter(|s| !used.contains(&format!("10.215.{s}.")))
+            .find_map(|s| {
+                let tag = format!("{s:03}");
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(Path::new(REGISTRY).join(&tag))
+                    .ok()?;
+                std::io::Write::write_all(&mut f, std::process::id().to_string().as_bytes())
+                    .ok()?;
+                Some((tag, s))
             })
             .expect("a free subnet");
         let bridge = format!("hfbr{tag}");
-        std::fs::create_dir_all(REGISTRY).expect("registry folder");
-        std::fs::write(
-            Path::new(REGISTRY).join(&tag),
-            std::process::id().to_string(),
-        )
-        .expect("registry entry");
         run(&["ip", "link", "add", &bridge, "type", "bridge"]);
         let net = Net {
             tag,

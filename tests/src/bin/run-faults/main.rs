@@ -88,7 +88,9 @@ fn main() {
                 .iter()
                 .map(|b| ("HOLDFAST_BREAK".to_string(), b.clone()))
                 .collect(),
-            small_disk: Some((small_disk, 512)),
+            // Volume logs are not compacted yet (see ARCHITECTURE.md), so a
+            // replica's disk use only grows: sized for an hour-long soak.
+            small_disk: Some((small_disk, 2048)),
         },
     );
     c.wait_converged(0, nodes);

@@ -251,17 +251,17 @@ impl Nemesis<'_> {
                     .expect("a follower");
                 self.history.nemesis(&format!("kill -9 {}", self.name(i)));
                 self.cluster.nodes[i].kill9();
-                // Something to catch up on: 24 MiB through another mount.
+                // Something to catch up on: 16 MiB through another mount.
                 let via = (i + 1) % n;
                 let bulk = self.mounts[via].join("bulk");
                 let wrote = std::fs::File::create(&bulk).and_then(|mut f| {
-                    for k in 0..24u8 {
+                    for k in 0..16u8 {
                         f.write_all(&[k; 1 << 20])?;
                     }
                     f.sync_all()
                 });
                 self.history.nemesis(&format!(
-                    "wrote 24 MiB while {} was down: {wrote:?}",
+                    "wrote 16 MiB while {} was down: {wrote:?}",
                     self.name(i)
                 ));
                 self.restart(i);
