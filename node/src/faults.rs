@@ -64,3 +64,27 @@ pub fn init_from_env() -> Result<Option<Break>, String> {
 pub fn broken(b: Break) -> bool {
     cfg!(debug_assertions) && ACTIVE.get().copied().flatten() == Some(b)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_named_bugs_parse() {
+        assert_eq!(
+            Break::parse("ack-before-quorum"),
+            Ok(Break::AckBeforeQuorum)
+        );
+        assert_eq!(Break::parse("stale-read"), Ok(Break::StaleRead));
+        let e = Break::parse("ack-before-qorum").unwrap_err();
+        assert!(e.contains("names no deliberate bug"), "{e}");
+    }
+
+    #[test]
+    fn nothing_is_broken_unless_asked() {
+        // No test sets HOLDFAST_BREAK; before `init_from_env`, and after it
+        // without the variable, every bug is off.
+        assert!(!broken(Break::AckBeforeQuorum));
+        assert!(!broken(Break::StaleRead));
+    }
+}

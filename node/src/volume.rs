@@ -253,3 +253,38 @@ impl Volumes {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(op: FsOp) -> VolRequest {
+        VolRequest::Op { volume: 1, op }
+    }
+
+    #[test]
+    fn only_reads_and_reaps_are_repeated_after_an_unknown_outcome() {
+        assert!(retry_is_safe(&VolRequest::Status { volume: 1 }));
+        assert!(retry_is_safe(&op(FsOp::Reap { ino: 5 })));
+        // A repeated write could land after another client's write and
+        // undo it (core/tests/sim_volume.rs, HOLDFAST_SIM_RETRY_WRITES).
+        let write = FsOp::Write {
+            ino: 5,
+            offset: 0,
+            data: b"x".to_vec(),
+            now_ns: 0,
+        };
+        assert!(!retry_is_safe(&op(write)));
+        let truncate = FsOp::SetAttr {
+            ino: 5,
+            mode: None,
+            uid: None,
+            gid: None,
+            size: Some(0),
+            atime: None,
+            mtime: None,
+            now_ns: 0,
+        };
+        assert!(!retry_is_safe(&op(truncate)));
+    }
+}
