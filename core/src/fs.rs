@@ -34,6 +34,9 @@ pub type Ino = u64;
 /// Every key of a volume with the blake3 of its value.
 pub type Manifest = Vec<(Vec<u8>, [u8; 32])>;
 pub const ROOT_INO: Ino = 1;
+/// The data of a volume's Raft snapshot: the state itself is pulled
+/// separately ([`crate::resync`]).
+const SNAPSHOT_TAG: &[u8] = b"holdfast-volume-snapshot-1";
 /// An errno value (`libc::ENOENT`, ...).
 pub type Errno = i32;
 
@@ -220,8 +223,19 @@ pub fn check_name(name: &[u8]) -> Result<(), Errno> {
 /// The file-volume state machine of one volume.
 pub struct FsMachine {
     view: FsView,
+    volume: u64,
     stats: Stats,
     events: Vec<FsEvent>,
+}
+
+/// The engine snapshot a replica serves to one that catches up
+/// ([`crate::resync`]): the applied state at `index`.
+#[derive(Debug)]
+struct Held {
+    index: u64,
+    snap: Arc<dyn holdfast_storage::Snapshot>,
+    /// Requests served from it, so that an idle one can be let go.
+    served: u64,
 }
 
 /// Read access to one volume's applied state, usable from any thread.
@@ -231,6 +245,7 @@ pub struct FsMachine {
 pub struct FsView {
     engine: Arc<dyn Engine>,
     prefix: Vec<u8>,
+    held: Arc<std::sync::Mutex<Option<Held>>>,
 }
 
 impl std::fmt::Debug for FsView {
@@ -443,12 +458,14 @@ impl FsMachine {
         let view = FsView {
             engine,
             prefix: Self::prefix_of(volume),
+            held: Arc::default(),
         };
         let stats = view
             .stats()
             .map_err(|e| format!("volume counters: errno {e}"))?;
         Ok(Self {
             view,
+            volume,
             stats,
             events: Vec::new(),
         })
@@ -460,6 +477,7 @@ impl FsMachine {
         let m = FsView {
             engine: Arc::new(holdfast_storage::MemEngine::new()),
             prefix: Self::prefix_of(volume),
+            held: Arc::default(),
         };
         let root = Inode {
             attr: Attr {
@@ -1077,6 +1095,96 @@ impl FsView {
         Ok(h.finalize().to_hex().to_string())
     }
 
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<Held>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The served snapshot at `index`, counting the use.
+    fn held_at(&self, index: u64) -> Result<Arc<dyn holdfast_storage::Snapshot>, String> {
+        let mut held = self.held();
+        match held.as_mut() {
+            Some(h) if h.index == index => {
+                h.served += 1;
+                Ok(h.snap.clone())
+            }
+            Some(h) => Err(format!(
+                "snapshot {index} is gone (this replica serves {})",
+                h.index
+            )),
+            None => Err(format!("snapshot {index} is gone")),
+        }
+    }
+
+    /// The index of the snapshot this replica serves and how many requests
+    /// it answered, for letting an idle one go.
+    pub fn snapshot_served(&self) -> Option<(u64, u64)> {
+        self.held().as_ref().map(|h| (h.index, h.served))
+    }
+
+    /// Manifest entries of the served snapshot at `index` after key
+    /// `after`, at most `RESYNC_PAGE_KEYS_MAX` of them and about
+    /// `RESYNC_FETCH_BYTES_MAX` of values hashed, and whether they end it.
+    pub fn snapshot_manifest(
+        &self,
+        index: u64,
+        after: &[u8],
+    ) -> Result<(Vec<crate::resync::ManifestEntry>, bool), String> {
+        let snap = self.held_at(index)?;
+        let mut start = self.prefix.clone();
+        if !after.is_empty() {
+            start.extend_from_slice(after);
+            start.push(0);
+        }
+        let end = prefix_end(&self.prefix).unwrap_or_default();
+        let mut out = Vec::new();
+        let mut hashed = 0usize;
+        let mut done = true;
+        snap.scan(&start, &end, &mut |k, v| {
+            if out.len() == limits::RESYNC_PAGE_KEYS_MAX || hashed >= limits::RESYNC_FETCH_BYTES_MAX
+            {
+                done = false;
+                return false;
+            }
+            hashed += v.len();
+            out.push(crate::resync::ManifestEntry {
+                key: k[self.prefix.len()..].to_vec(),
+                hash: *blake3::hash(v).as_bytes(),
+                len: v.len() as u64,
+            });
+            true
+        })
+        .map_err(|e| e.to_string())?;
+        Ok((out, done))
+    }
+
+    /// The values of `keys` in the served snapshot at `index`.
+    pub fn snapshot_values(
+        &self,
+        index: u64,
+        keys: &[Vec<u8>],
+    ) -> Result<crate::resync::KeyValues, String> {
+        if keys.len() > limits::RESYNC_PAGE_KEYS_MAX {
+            return Err(format!("{} keys asked at once", keys.len()));
+        }
+        let snap = self.held_at(index)?;
+        let mut out = Vec::with_capacity(keys.len());
+        let mut bytes = 0usize;
+        for k in keys {
+            let mut key = self.prefix.clone();
+            key.extend_from_slice(k);
+            let v = snap
+                .get(&key)
+                .map_err(|e| e.to_string())?
+                .ok_or("a key asked for is not in the snapshot")?;
+            bytes += v.len();
+            if bytes > 2 * limits::RESYNC_FETCH_BYTES_MAX {
+                return Err("too many bytes asked at once".into());
+            }
+            out.push((k.clone(), v));
+        }
+        Ok(out)
+    }
+
     pub fn manifest(&self) -> Result<Manifest, Errno> {
         let end = prefix_end(&self.prefix).unwrap_or_default();
         let mut out = Vec::new();
@@ -1117,33 +1225,54 @@ impl StateMachine for FsMachine {
         false
     }
 
-    fn snapshot(&self) -> Vec<u8> {
-        // The whole volume, key by key. Correct but not cheap: volume logs
-        // are not compacted yet, so this serves only a replica that must
-        // start from scratch.
-        let end = prefix_end(&self.view.prefix).unwrap_or_default();
-        let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        let _ = self.view.engine.scan(&self.view.prefix, &end, &mut |k, v| {
-            pairs.push((k[self.view.prefix.len()..].to_vec(), v.to_vec()));
-            true
+    /// Pins the applied state (an engine snapshot, which costs nothing
+    /// until the state moves on) and serves it page by page to a replica
+    /// that catches up ([`crate::resync`]); the Raft snapshot itself only
+    /// names it.
+    fn snapshot(&mut self, index: u64) -> Vec<u8> {
+        *self.view.held() = Some(Held {
+            index,
+            snap: self.view.engine.snapshot(),
+            served: 0,
         });
-        wire::encode(&pairs)
+        SNAPSHOT_TAG.to_vec()
     }
 
-    fn restore(&mut self, data: &[u8], batch: &mut Batch) -> Result<(), String> {
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> =
-            wire::decode(data, usize::MAX).map_err(|e| e.to_string())?;
-        let end = prefix_end(&self.view.prefix).unwrap_or_default();
-        batch.delete_range(self.view.prefix.clone(), end);
-        for (k, v) in pairs {
-            let mut key = self.view.prefix.clone();
-            key.extend_from_slice(&k);
-            batch.put(key, v);
+    /// Moves the changes [`crate::resync::pull`] staged for this snapshot
+    /// into the live state. The driver steps a snapshot into the group only
+    /// once they are staged completely.
+    fn restore(
+        &mut self,
+        meta: &raft::prelude::SnapshotMetadata,
+        data: &[u8],
+        batch: &mut Batch,
+    ) -> Result<(), String> {
+        use protobuf::Message as _;
+        if !data.is_empty() && data != SNAPSHOT_TAG {
+            return Err("not a volume snapshot".into());
         }
-        if let Some(Some(b)) = batch.lookup(&self.view.key(b'm', &[], &[])) {
-            self.stats = wire::decode(b, 1024).map_err(|e| e.to_string())?;
-        }
+        let marker = meta.write_to_bytes().map_err(|e| e.to_string())?;
+        crate::resync::apply_staged(&*self.view.engine, self.volume, meta.index, marker)?;
+        crate::resync::clear_staging(self.volume, batch);
+        self.stats = self
+            .view
+            .stats()
+            .map_err(|e| format!("volume counters: errno {e}"))?;
         Ok(())
+    }
+
+    fn interrupted_restore(&self) -> Result<Option<raft::prelude::SnapshotMetadata>, String> {
+        use protobuf::Message as _;
+        match crate::resync::interrupted(&*self.view.engine, self.volume)? {
+            Some(b) => raft::prelude::SnapshotMetadata::parse_from_bytes(&b)
+                .map(Some)
+                .map_err(|e| format!("restore marker: {e}")),
+            None => Ok(None),
+        }
+    }
+
+    fn release_snapshot(&mut self) {
+        *self.view.held() = None;
     }
 
     fn take_events(&mut self) -> Vec<FsEvent> {

@@ -49,10 +49,24 @@ pub trait StateMachine {
     /// Decides whether a committed membership change takes effect. Must be
     /// deterministic. When it returns `true` the group applies it to Raft.
     fn check_conf_change(&mut self, index: u64, cc: &ConfChange, batch: &mut Batch) -> bool;
-    /// The state as bytes, for a snapshot.
-    fn snapshot(&self) -> Vec<u8>;
-    /// Replaces the state with a snapshot's.
-    fn restore(&mut self, data: &[u8], batch: &mut Batch) -> Result<(), String>;
+    /// The state at applied index `index`, for a snapshot.
+    fn snapshot(&mut self, index: u64) -> Vec<u8>;
+    /// Replaces the state with the snapshot's `data` (at `meta.index`).
+    fn restore(
+        &mut self,
+        meta: &SnapshotMetadata,
+        data: &[u8],
+        batch: &mut Batch,
+    ) -> Result<(), String>;
+    /// A restore that a crash interrupted, which the group finishes when it
+    /// opens by calling [`StateMachine::restore`] again with empty data.
+    /// Only a state machine that writes outside the group's batch while it
+    /// restores has one.
+    fn interrupted_restore(&self) -> Result<Option<SnapshotMetadata>, String> {
+        Ok(None)
+    }
+    /// Lets go of what [`StateMachine::snapshot`] holds.
+    fn release_snapshot(&mut self) {}
     /// Events produced since the last call.
     fn take_events(&mut self) -> Vec<Self::Event>;
 }
@@ -125,11 +139,14 @@ pub struct LogStore {
     /// `LOG_CACHE_BYTES_MAX` of them.
     cache: std::collections::VecDeque<Entry>,
     cache_bytes: u64,
-    /// The state machine at some applied index, served to followers that
-    /// are too far behind for the log. Built only when raft-rs asks for it
-    /// (`snapshot_wanted`), because a volume's state is large.
-    sm_snapshot: (u64, Vec<u8>, ConfState),
+    /// The state machine at some applied index (index, term, data,
+    /// configuration), served to followers that are too far behind for the
+    /// log. Built only when raft-rs asks for it (`snapshot_wanted`).
+    sm_snapshot: (u64, u64, Vec<u8>, ConfState),
     snapshot_wanted: std::cell::Cell<bool>,
+    /// What each follower is known to have (leader only), so that a
+    /// snapshot no newer than that is built anew.
+    matched: std::collections::HashMap<u64, u64>,
 }
 
 impl LogStore {
@@ -200,8 +217,9 @@ impl LogStore {
             terms,
             cache: std::collections::VecDeque::new(),
             cache_bytes: 0,
-            sm_snapshot: (0, Vec::new(), ConfState::default()),
+            sm_snapshot: (0, 0, Vec::new(), ConfState::default()),
             snapshot_wanted: std::cell::Cell::new(false),
+            matched: std::collections::HashMap::new(),
         })
     }
 
@@ -441,11 +459,13 @@ impl raft::Storage for LogStore {
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         // The configuration travels with the state it was built from.
-        let (index, data, conf_state) = &self.sm_snapshot;
+        let (index, term, data, conf_state) = &self.sm_snapshot;
         // A follower refuses a snapshot whose configuration does not name
-        // it: one built before `to` joined is of no use to `to`.
+        // it (one built before `to` joined), or that is not ahead of what it
+        // has (one built long ago).
         let names_to = conf_state.voters.contains(&to) || conf_state.learners.contains(&to);
-        if *index < request_index || *index == 0 || !names_to || self.term(*index).is_err() {
+        let ahead = self.matched.get(&to).is_none_or(|m| index > m);
+        if *index < request_index || *index == 0 || !names_to || !ahead {
             // The group builds one when this round ends; raft-rs asks
             // again on the next heartbeat response.
             self.snapshot_wanted.set(true);
@@ -459,7 +479,7 @@ impl raft::Storage for LogStore {
         };
         let meta = snap.mut_metadata();
         meta.index = *index;
-        meta.term = self.term(*index)?;
+        meta.term = *term;
         meta.set_conf_state(conf_state.clone());
         Ok(snap)
     }
@@ -516,6 +536,13 @@ pub struct RaftGroup<S: StateMachine> {
     last_role: (u64, StateRole),
     outputs: VecDeque<Output<S::Event>>,
     log_retention: Option<u64>,
+    /// Entries a leader keeps behind the applied index for followers that
+    /// are still replicating, at most.
+    log_lag_max: u64,
+    /// Ticks so far, and the tick each peer was last heard from: a
+    /// follower heard from lately still replicates from the log.
+    ticks: u64,
+    heard: std::collections::HashMap<u64, u64>,
     held: bool,
     /// Peers sent a snapshot in this round, reported as delivered after it.
     snapshots_sent: Vec<u64>,
@@ -598,8 +625,26 @@ impl<S: StateMachine> RaftGroup<S> {
         seed: u64,
         inflight_msgs: usize,
     ) -> Result<Self, GroupError> {
-        let store = LogStore::open(engine.clone(), group)?;
+        let mut store = LogStore::open(engine.clone(), group)?;
         let prefix = store.prefix.clone();
+        let mut sm = sm;
+        // A crash in the middle of a restore: finish it first.
+        if let Some(meta) = sm
+            .interrupted_restore()
+            .map_err(|e| corrupt("interrupted snapshot restore", e))?
+        {
+            let mut batch = Batch::new();
+            store.install_snapshot(&meta, &mut batch)?;
+            sm.restore(&meta, &[], &mut batch)
+                .map_err(|e| corrupt("interrupted snapshot restore", e))?;
+            batch.put(key(&prefix, b"applied"), meta.index.to_be_bytes().to_vec());
+            engine.write(batch, true)?;
+            tracing::info!(
+                group,
+                index = meta.index,
+                "finished an interrupted snapshot restore"
+            );
+        }
         let applied = match engine.get(&key(&prefix, b"applied"))? {
             Some(b) => u64::from_be_bytes(
                 b.as_slice()
@@ -637,6 +682,9 @@ impl<S: StateMachine> RaftGroup<S> {
             last_role: (0, StateRole::Follower),
             outputs: VecDeque::new(),
             log_retention: Some(limits::META_LOG_ENTRIES_MAX),
+            log_lag_max: limits::META_LOG_ENTRIES_MAX,
+            ticks: 0,
+            heard: std::collections::HashMap::new(),
             held: false,
             snapshots_sent: Vec::new(),
             group,
@@ -685,6 +733,7 @@ impl<S: StateMachine> RaftGroup<S> {
 
     /// Advances logical time by one tick.
     pub fn tick(&mut self) -> Result<(), GroupError> {
+        self.ticks += 1;
         self.raw.tick();
         self.process()
     }
@@ -695,6 +744,7 @@ impl<S: StateMachine> RaftGroup<S> {
         if msg.to != self.id() {
             return Ok(());
         }
+        self.heard.insert(msg.from, self.ticks);
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(error = %e, "dropped raft message");
         }
@@ -726,10 +776,13 @@ impl<S: StateMachine> RaftGroup<S> {
         self.process()
     }
 
-    /// How many applied entries the log keeps before it is compacted;
+    /// How many entries the log keeps behind the applied index (a leader
+    /// keeps more, up to `lag_max`, for active followers that still need
+    /// them);
     /// `None` keeps them all.
-    pub fn set_log_retention(&mut self, entries: Option<u64>) {
+    pub fn set_log_retention(&mut self, entries: Option<u64>, lag_max: u64) {
         self.log_retention = entries;
+        self.log_lag_max = lag_max;
     }
 
     /// If this node leads, hands the leadership to the voter whose log is
@@ -808,6 +861,16 @@ impl<S: StateMachine> RaftGroup<S> {
         // raft-rs asked for a snapshot we did not have: build it now (every
         // applied entry is in the engine), and raft-rs asks again.
         self.build_snapshot_if_wanted();
+        if self.raw.raft.state == StateRole::Leader {
+            let matched = self
+                .raw
+                .raft
+                .prs()
+                .iter()
+                .map(|(id, pr)| (*id, pr.matched))
+                .collect();
+            self.raw.mut_store().matched = matched;
+        }
         if !self.raw.has_ready() {
             return Ok(());
         }
@@ -823,7 +886,7 @@ impl<S: StateMachine> RaftGroup<S> {
                 .mut_store()
                 .install_snapshot(snap.get_metadata(), &mut batch)?;
             self.sm
-                .restore(&snap.data, &mut batch)
+                .restore(snap.get_metadata(), &snap.data, &mut batch)
                 .map_err(|e| corrupt("snapshot from leader", e))?;
             self.applied = snap.get_metadata().index;
             batch.put(
@@ -883,18 +946,26 @@ impl<S: StateMachine> RaftGroup<S> {
     /// Builds the snapshot raft-rs asked for, if it did.
     fn build_snapshot_if_wanted(&mut self) {
         if self.raw.store().snapshot_wanted.replace(false) {
-            let started = std::time::Instant::now();
-            let data = self.sm.snapshot();
+            let Ok(term) = raft::Storage::term(self.raw.store(), self.applied) else {
+                return;
+            };
+            let data = self.sm.snapshot(self.applied);
             tracing::info!(
                 group = self.group,
                 index = self.applied,
                 bytes = data.len(),
-                elapsed_ms = started.elapsed().as_millis() as u64,
                 "built snapshot"
             );
             let conf_state = self.raw.store().conf_state.clone();
-            self.raw.mut_store().sm_snapshot = (self.applied, data, conf_state);
+            self.raw.mut_store().sm_snapshot = (self.applied, term, data, conf_state);
         }
+    }
+
+    /// Forgets the snapshot built for followers (and what the state machine
+    /// holds for it); the next follower that needs one gets a new one.
+    pub fn drop_snapshot(&mut self) {
+        self.raw.mut_store().sm_snapshot = (0, 0, Vec::new(), ConfState::default());
+        self.sm.release_snapshot();
     }
 
     fn apply(&mut self, entries: Vec<Entry>, batch: &mut Batch) -> Result<(), GroupError> {
@@ -945,13 +1016,29 @@ impl<S: StateMachine> RaftGroup<S> {
         let Some(keep) = self.log_retention else {
             return Ok(());
         };
-        let store = self.raw.store();
-        if self.applied < store.first() + keep {
+        let mut to = self.applied.saturating_sub(keep);
+        if self.raw.raft.state == StateRole::Leader {
+            // Keep what followers heard from lately still need, within the
+            // lag limit; a follower further behind, or silent, gets a
+            // snapshot. (Not raft-rs's `recent_active`: it is cleared for
+            // every follower at each quorum check.)
+            let floor = self.applied.saturating_sub(self.log_lag_max.max(keep));
+            let me = self.raw.raft.id;
+            for (id, pr) in self.raw.raft.prs().iter() {
+                let lately = self.heard.get(id).is_some_and(|t| {
+                    self.ticks.saturating_sub(*t) <= 2 * limits::ELECTION_TICKS as u64
+                });
+                if *id != me && lately {
+                    to = to.min(pr.matched.max(floor));
+                }
+            }
+        }
+        // Compact in steps of `keep` entries, not after every entry.
+        if to < self.raw.store().first() + keep.max(1) {
             return Ok(());
         }
         let mut batch = Batch::new();
-        let keep_from = self.applied;
-        self.raw.mut_store().compact(keep_from, &mut batch)?;
+        self.raw.mut_store().compact(to, &mut batch)?;
         self.engine.write(batch, true)?;
         Ok(())
     }

@@ -12,6 +12,7 @@ pub mod fs;
 pub mod group;
 pub mod limits;
 pub mod meta;
+pub mod resync;
 pub mod wire;
 
 pub use raft::prelude::{ConfChange, Message as RaftMessage, MessageType as RaftMessageType};

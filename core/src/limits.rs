@@ -18,6 +18,25 @@ pub const META_COMMAND_BYTES_MAX: usize = 64 << 10;
 pub const LOG_CACHE_BYTES_MAX: u64 = 64 << 20;
 /// Log entries kept behind the applied index before the log is compacted.
 pub const META_LOG_ENTRIES_MAX: u64 = 1000;
+/// Volume log entries (each up to about 1 MiB) kept behind the applied
+/// index. A replica further behind catches up by hash comparison
+/// ([`crate::resync`]) instead of from the log.
+pub const VOLUME_LOG_KEEP_ENTRIES: u64 = 32;
+/// Volume log entries a leader keeps, at most, for an active follower that
+/// still replicates from the log (bounds the log's disk use).
+pub const VOLUME_LOG_LAG_ENTRIES_MAX: u64 = 256;
+/// Keys in one page of a resync manifest or one fetch of values.
+pub const RESYNC_PAGE_KEYS_MAX: usize = 16_384;
+/// Bytes of values hashed for one manifest page, and fetched in one
+/// request, about.
+pub const RESYNC_FETCH_BYTES_MAX: usize = 2 << 20;
+/// Bytes of staged changes moved into a volume's live state per write.
+pub const RESYNC_APPLY_BATCH_BYTES: usize = 8 << 20;
+/// Resync transfer rate, so that foreground latency holds.
+pub const RESYNC_BYTES_PER_SEC: u64 = 64 << 20;
+/// A snapshot served to a catching-up replica is let go after this long
+/// without a request (it pins old versions on disk).
+pub const RESYNC_SNAPSHOT_IDLE_MS: u64 = 30_000;
 
 /// Node names: 1 to this many bytes of `[a-z0-9-]`.
 pub const NODE_NAME_BYTES_MAX: usize = 63;
@@ -114,3 +133,73 @@ pub const FS_COMMAND_BYTES_MAX: usize = FS_WRITE_BYTES_MAX + (64 << 10);
 pub const FS_READDIR_ENTRIES_MAX: usize = 1024;
 /// Largest read served by one call.
 pub const FS_READ_BYTES_MAX: usize = 4 << 20;
+
+// Wasm plugins (holdfast-plugin). Defaults first, then the global maximums
+// an operator's per-plugin setting may not exceed.
+
+/// Deadline of one call to a router or SQL router plugin.
+pub const PLUGIN_ROUTER_DEADLINE_MS: u64 = 1;
+/// Deadline of one call to a failover policy or deploy strategy plugin.
+pub const PLUGIN_POLICY_DEADLINE_MS: u64 = 50;
+/// Largest per-plugin deadline an operator may set.
+pub const PLUGIN_DEADLINE_MS_MAX: u64 = 1_000;
+/// How often the plugin host advances the Wasm epoch while calls run:
+/// deadlines are accurate to one tick.
+pub const PLUGIN_EPOCH_TICK_US: u64 = 250;
+/// Linear memory of a router or SQL router plugin instance.
+pub const PLUGIN_ROUTER_MEMORY_BYTES: u64 = 16 << 20;
+/// Linear memory of a failover policy or deploy strategy plugin instance.
+pub const PLUGIN_POLICY_MEMORY_BYTES: u64 = 64 << 20;
+/// Largest per-plugin memory an operator may set (also the size of one
+/// slot of the pooling allocator). Python and JavaScript plugins carry
+/// their interpreter's heap and need more than the defaults.
+pub const PLUGIN_MEMORY_BYTES_MAX: u64 = 256 << 20;
+/// Plugin instances alive at once on a node (calls in flight); a call
+/// beyond this fails at once, it does not wait.
+pub const PLUGIN_INSTANCES_MAX: u32 = 256;
+/// Table elements of one plugin instance.
+pub const PLUGIN_TABLE_ELEMENTS_MAX: usize = 100_000;
+/// Largest component accepted at install (an interpreter-based Python
+/// component is about 20 MiB).
+pub const PLUGIN_COMPONENT_BYTES_MAX: usize = 64 << 20;
+/// Plugins installed on a cluster (names, each with two versions kept).
+pub const PLUGINS_MAX: usize = 256;
+/// Plugin names: 1 to this many bytes of `[a-z0-9-]`.
+pub const PLUGIN_NAME_BYTES_MAX: usize = 63;
+/// Largest input of one plugin call (strings, lists and fields summed).
+pub const PLUGIN_INPUT_BYTES_MAX: usize = 64 << 10;
+/// Largest decision a plugin may return.
+pub const PLUGIN_OUTPUT_BYTES_MAX: usize = 16 << 10;
+/// Calls from a plugin into the host during one call; one more traps.
+pub const PLUGIN_HOST_CALLS_MAX: u32 = 1_024;
+/// Log lines a plugin may write in one call; more are dropped and counted.
+pub const PLUGIN_LOG_LINES_MAX: u32 = 16;
+/// Longest log line a plugin may write; longer ones are cut.
+pub const PLUGIN_LOG_LINE_BYTES_MAX: usize = 1024;
+/// Bytes of stdout and stderr kept per call (a panic message lands here).
+pub const PLUGIN_STDIO_BYTES_MAX: usize = 4096;
+/// Metric names a plugin may declare.
+pub const PLUGIN_METRICS_MAX: usize = 32;
+/// Longest metric name.
+pub const PLUGIN_METRIC_NAME_BYTES_MAX: usize = 64;
+/// Settings of one plugin, and the longest key and value.
+pub const PLUGIN_CONFIG_ENTRIES_MAX: usize = 64;
+pub const PLUGIN_CONFIG_KEY_BYTES_MAX: usize = 64;
+pub const PLUGIN_CONFIG_VALUE_BYTES_MAX: usize = 4096;
+/// Entries of one plugin's key-value store, and the largest key and value.
+pub const PLUGIN_KV_ENTRIES_MAX: usize = 1024;
+pub const PLUGIN_KV_KEY_BYTES_MAX: usize = 256;
+pub const PLUGIN_KV_VALUE_BYTES_MAX: usize = 4096;
+/// A plugin that fails this many calls (trap, deadline, memory, bad
+/// output) within `PLUGIN_QUARANTINE_WINDOW_MS` is quarantined.
+pub const PLUGIN_QUARANTINE_FAILURES: usize = 5;
+pub const PLUGIN_QUARANTINE_WINDOW_MS: u64 = 60_000;
+/// A plugin's deadline counts the CPU time of the thread running it, so
+/// that a call the kernel descheduled on a busy node is not timed out for
+/// it; wall-clock time is still cut off at this many times the deadline.
+pub const PLUGIN_DEADLINE_WALL_FACTOR: u64 = 10;
+/// Plugin instances kept between calls (each holds a slot of the pooling
+/// allocator), per version and on the whole node. An instance is kept only
+/// after a call that succeeded; any failure discards it.
+pub const PLUGIN_IDLE_PER_VERSION_MAX: usize = 8;
+pub const PLUGIN_IDLE_INSTANCES_MAX: usize = 128;

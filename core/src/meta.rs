@@ -475,11 +475,16 @@ impl StateMachine for MetaMachine {
         ok
     }
 
-    fn snapshot(&self) -> Vec<u8> {
+    fn snapshot(&mut self, _index: u64) -> Vec<u8> {
         wire::encode(&*self.state)
     }
 
-    fn restore(&mut self, data: &[u8], batch: &mut Batch) -> Result<(), String> {
+    fn restore(
+        &mut self,
+        _meta: &raft::prelude::SnapshotMetadata,
+        data: &[u8],
+        batch: &mut Batch,
+    ) -> Result<(), String> {
         let st: MetaState =
             wire::decode(data, limits::FRAME_BYTES_MAX).map_err(|e| e.to_string())?;
         self.state = Arc::new(st);

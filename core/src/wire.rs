@@ -33,6 +33,20 @@ pub enum VolRequest {
     Status { volume: u64 },
     /// blake3 over this replica's whole applied state (any replica answers).
     Digest { volume: u64 },
+    /// Manifest entries of the snapshot this replica serves at `index`,
+    /// after key `after` ([`crate::resync`]).
+    SnapshotManifest {
+        volume: u64,
+        index: u64,
+        #[serde(with = "serde_bytes")]
+        after: Vec<u8>,
+    },
+    /// Values of the snapshot this replica serves at `index`.
+    SnapshotValues {
+        volume: u64,
+        index: u64,
+        keys: Vec<serde_bytes::ByteBuf>,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -85,6 +99,11 @@ pub struct ReplicaStatus {
     pub term: u64,
     pub commit: u64,
     pub applied: u64,
+    /// Bytes a running resync still has to fetch.
+    pub resync_bytes_left: u64,
+    /// Bytes fetched by resyncs since the node started, and resyncs done.
+    pub resync_bytes_fetched: u64,
+    pub resyncs: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -97,6 +116,13 @@ pub enum VolReply {
         applied: u64,
         digest: String,
     },
+    /// A page of a snapshot manifest, and whether it is the last.
+    Manifest {
+        entries: Vec<crate::resync::ManifestEntry>,
+        done: bool,
+    },
+    /// Snapshot values, as asked.
+    Values(Vec<(serde_bytes::ByteBuf, serde_bytes::ByteBuf)>),
     /// Ask `leader` instead (`None`: no leader known yet).
     NotLeader {
         leader: Option<u64>,

@@ -71,7 +71,7 @@ use std::sync::Arc;
 use holdfast_check::{append, register};
 use holdfast_core::fs::{FsEvent, FsMachine, FsOp, FsProposal, FsReply, FsResult, Ino, ROOT_INO};
 use holdfast_core::group::{bootstrap, GroupError, GroupStatus, Output, RaftGroup};
-use holdfast_core::{limits, wire, RaftMessage, StateRole};
+use holdfast_core::{limits, resync, wire, RaftMessage, StateRole};
 use holdfast_storage::{prefix_end, Batch, Engine, MemEngine};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -531,6 +531,10 @@ struct Stats {
     /// with it. Counted, not failed, until that is fixed.
     read_rounds_expired: u64,
     heal_ticks: u64,
+    /// Snapshots pulled by hash comparison and installed, and the bytes
+    /// fetched for them.
+    resyncs: u64,
+    resync_bytes: u64,
 }
 
 impl Stats {
@@ -553,6 +557,8 @@ impl Stats {
         self.reads_failed += o.reads_failed;
         self.read_rounds_expired += o.read_rounds_expired;
         self.heal_ticks = self.heal_ticks.max(o.heal_ticks);
+        self.resyncs += o.resyncs;
+        self.resync_bytes += o.resync_bytes;
     }
 }
 
@@ -1002,6 +1008,12 @@ impl World {
                     }
                     self.trace_msg(&msg);
                     self.stats.delivered += 1;
+                    if msg.get_msg_type() == holdfast_core::RaftMessageType::MsgSnapshot
+                        && !self.pull_snapshot(from, to, &msg)?
+                    {
+                        self.stats.dropped += 1;
+                        continue;
+                    }
                     self.drive(to, |g| g.step(*msg))?;
                 }
                 Net::Request {
@@ -1024,6 +1036,53 @@ impl World {
             }
         }
         Ok(())
+    }
+
+    /// Does what the node's driver does before it steps a volume snapshot:
+    /// pulls the snapshot from its sender by hash comparison
+    /// (`resync::pull`). `false`: the pull failed and the message is
+    /// dropped, as a node drops it (the leader sends it again).
+    fn pull_snapshot(&mut self, from: u64, to: u64, msg: &RaftMessage) -> Result<bool, String> {
+        struct ViewSource(holdfast_core::fs::FsView, u64);
+        impl resync::Source for ViewSource {
+            fn manifest(
+                &mut self,
+                after: &[u8],
+            ) -> Result<(Vec<resync::ManifestEntry>, bool), String> {
+                self.0.snapshot_manifest(self.1, after)
+            }
+            fn values(&mut self, keys: &[Vec<u8>]) -> Result<resync::KeyValues, String> {
+                self.0.snapshot_values(self.1, keys)
+            }
+        }
+        let Some(view) = self.group(from).map(|g| g.state_machine().view()) else {
+            return Ok(false);
+        };
+        let Some(applied) = self.group(to).map(|g| g.status().applied) else {
+            return Ok(false);
+        };
+        let index = msg.get_snapshot().get_metadata().index;
+        let engine = self.nodes[&to].engine.clone();
+        let left = std::sync::atomic::AtomicU64::new(0);
+        match resync::pull(
+            &*engine,
+            VOLUME,
+            index,
+            applied,
+            &mut ViewSource(view, index),
+            &left,
+        ) {
+            Ok(s) => {
+                self.stats.resyncs += 1;
+                self.stats.resync_bytes += s.fetched_bytes;
+                self.detail(|| format!("n{to} pulled snapshot {index} from n{from}: {s:?}"));
+                Ok(true)
+            }
+            Err(e) => {
+                self.detail(|| format!("n{to} could not pull snapshot {index}: {e}"));
+                Ok(false)
+            }
+        }
     }
 
     fn trace_msg(&mut self, m: &RaftMessage) {
@@ -1084,7 +1143,10 @@ impl World {
             limits::VOLUME_INFLIGHT_MSGS_MAX,
         )
         .map_err(|e| format!("n{id} restart: {e}"))?;
-        g.set_log_retention(None);
+        g.set_log_retention(
+            Some(limits::VOLUME_LOG_KEEP_ENTRIES),
+            limits::VOLUME_LOG_LAG_ENTRIES_MAX,
+        );
         node.group = Some(g);
         self.note(format!("n{id} starts"));
         self.drive(id, |_| Ok(()))?;
@@ -1666,6 +1728,7 @@ fn seeds_keep_every_invariant() {
             ("acknowledged appends", total.acked),
             ("unknown outcomes", total.unknown),
             ("read-backs after an unknown outcome", total.verifies),
+            ("snapshots pulled by hash comparison", total.resyncs),
             ("register ops", total.register_ops),
             (
                 "5-replica volumes",

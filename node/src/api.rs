@@ -349,8 +349,11 @@ pub struct ReplicaInfo {
     pub applied_index: u64,
     /// Entries it has yet to apply, against the most advanced replica.
     pub lag_entries: u64,
-    /// Bytes a snapshot resync still has to send (0: catching up by log).
+    /// Bytes a snapshot resync still has to fetch (0: none running; a
+    /// replica a little behind catches up from the log).
     pub resync_bytes_left: u64,
+    /// Bytes the replica fetched by resync since its node started.
+    pub resync_bytes_fetched: u64,
 }
 
 fn volume_info(meta: &MetaState, v: &holdfast_core::meta::VolumeRecord) -> VolumeInfo {
@@ -460,7 +463,8 @@ async fn volume_status(
                     .as_ref()
                     .map(|s| best.saturating_sub(s.applied))
                     .unwrap_or(best),
-                resync_bytes_left: 0,
+                resync_bytes_left: s.as_ref().map_or(0, |s| s.resync_bytes_left),
+                resync_bytes_fetched: s.as_ref().map_or(0, |s| s.resync_bytes_fetched),
             }
         })
         .collect();

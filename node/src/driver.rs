@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -22,6 +23,7 @@ use holdfast_core::limits;
 use holdfast_core::meta::{
     Change, Command, ConfContext, MetaEvent, MetaMachine, MetaState, Outcome, Proposal, META_GROUP,
 };
+use holdfast_core::resync::PullStats;
 use holdfast_core::wire::{self, PeerMsg, ReplicaStatus, VolReply};
 use holdfast_core::{RaftMessage, StateRole};
 use holdfast_storage::Engine;
@@ -86,6 +88,13 @@ pub enum Input {
         volume: u64,
         reply: oneshot::Sender<Option<(u64, FsView)>>,
     },
+    /// A resync pull ([`crate::resync`]) of `volume`'s snapshot at `index`
+    /// ended.
+    ResyncDone {
+        volume: u64,
+        index: u64,
+        result: Result<PullStats, String>,
+    },
     Shutdown,
 }
 
@@ -99,6 +108,7 @@ impl std::fmt::Debug for Input {
             Input::FsRead { volume, .. } => write!(f, "FsRead({volume})"),
             Input::VolStatus { volume, .. } => write!(f, "VolStatus({volume})"),
             Input::VolView { volume, .. } => write!(f, "VolView({volume})"),
+            Input::ResyncDone { volume, index, .. } => write!(f, "ResyncDone({volume}, {index})"),
             Input::Shutdown => f.write_str("Shutdown"),
         }
     }
@@ -221,6 +231,16 @@ impl DriverHandle {
         }
     }
 
+    /// The applied index of local replica `volume` and a reader of it,
+    /// unsynchronised.
+    pub async fn vol_view(&self, volume: u64) -> Option<(u64, FsView)> {
+        let (reply, rx) = oneshot::channel();
+        self.call(Input::VolView { volume, reply }, rx)
+            .await
+            .ok()
+            .flatten()
+    }
+
     pub async fn vol_status(&self, volume: u64) -> VolReply {
         let (reply, rx) = oneshot::channel();
         self.ask(Input::VolStatus { volume, reply }, rx).await
@@ -278,6 +298,25 @@ struct Volume {
     /// `Break::AckBeforeQuorum` only: writes already acknowledged, proposed
     /// at the next tick (dropped if this node no longer leads by then).
     acked_early: Vec<Vec<u8>>,
+    /// The snapshot this replica is pulling or has staged, if any.
+    resync: Option<Resync>,
+    /// Bytes fetched by resyncs since start, and resyncs done.
+    resync_fetched: u64,
+    resyncs: u64,
+    /// The snapshot this replica serves (index, requests served) and when
+    /// that last changed, so that an idle one is let go.
+    serving: Option<((u64, u64), Instant)>,
+}
+
+/// A volume snapshot being pulled ([`crate::resync`]), then stepped into
+/// the group once staged.
+struct Resync {
+    index: u64,
+    base_applied: u64,
+    /// The newest snapshot message for `index`.
+    msg: RaftMessage,
+    staged: bool,
+    left: Arc<AtomicU64>,
 }
 
 /// A driver that is not running yet.
@@ -285,6 +324,7 @@ pub struct DriverStarter {
     meta: RaftGroup<MetaMachine>,
     engine: Arc<dyn Engine>,
     rx: Receiver<Input>,
+    tx: SyncSender<Input>,
     shared: Arc<RwLock<Shared>>,
     metrics: Metrics,
     seed_peers: HashMap<u64, SocketAddr>,
@@ -313,6 +353,10 @@ pub struct Driver {
     /// The data folder, and whether its disk is below the reserve.
     data_dir: std::path::PathBuf,
     disk_low: bool,
+    /// The driver's own inbox (resync threads report back through it) and
+    /// the runtime they make requests on.
+    tx: SyncSender<Input>,
+    rt: tokio::runtime::Handle,
 }
 
 impl std::fmt::Debug for Driver {
@@ -339,7 +383,7 @@ impl Driver {
             fatal: None,
         }));
         let handle = DriverHandle {
-            tx,
+            tx: tx.clone(),
             shared: shared.clone(),
         };
         (
@@ -347,6 +391,7 @@ impl Driver {
                 meta,
                 engine,
                 rx,
+                tx,
                 shared,
                 metrics,
                 seed_peers,
@@ -358,7 +403,8 @@ impl Driver {
 }
 
 impl DriverStarter {
-    /// Starts the consensus thread.
+    /// Starts the consensus thread. Call it inside the node's tokio
+    /// runtime: resync threads make their requests on it.
     pub fn spawn(self, transport: Arc<Transport>) -> std::thread::JoinHandle<()> {
         let s = self;
         let mut d = Driver {
@@ -375,6 +421,8 @@ impl DriverStarter {
             stopping: false,
             data_dir: s.data_dir,
             disk_low: false,
+            tx: s.tx,
+            rt: tokio::runtime::Handle::current(),
         };
         std::thread::Builder::new()
             .name("consensus".into())
@@ -438,6 +486,7 @@ impl Driver {
                     next_tick = now + tick;
                 }
                 self.expire(now);
+                self.tend_snapshots(now);
                 self.check_disk()?;
             }
             match self
@@ -516,6 +565,8 @@ impl Driver {
                 }
                 if group == META_GROUP {
                     self.meta.step(msg)?;
+                } else if msg.get_msg_type() == holdfast_core::RaftMessageType::MsgSnapshot {
+                    self.volume_snapshot(group, from, msg)?;
                 } else if let Some(v) = self.volumes.get_mut(&group) {
                     v.group.step(msg)?;
                 }
@@ -623,6 +674,13 @@ impl Driver {
                             term: st.term,
                             commit: st.commit,
                             applied: st.applied,
+                            resync_bytes_left: v
+                                .resync
+                                .as_ref()
+                                .filter(|r| !r.staged)
+                                .map_or(0, |r| r.left.load(Ordering::Relaxed)),
+                            resync_bytes_fetched: v.resync_fetched,
+                            resyncs: v.resyncs,
                         })
                     }
                     None => VolReply::Unavailable("not a replica of this volume".into()),
@@ -635,6 +693,44 @@ impl Driver {
                         .get(&volume)
                         .map(|v| (v.group.status().applied, v.group.state_machine().view())),
                 );
+            }
+            Input::ResyncDone {
+                volume,
+                index,
+                result,
+            } => {
+                let Some(v) = self.volumes.get_mut(&volume) else {
+                    return Ok(());
+                };
+                let Some(r) = v.resync.as_mut().filter(|r| r.index == index && !r.staged) else {
+                    return Ok(());
+                };
+                match result {
+                    Ok(stats) => {
+                        tracing::info!(
+                            volume,
+                            index,
+                            keys = stats.manifest_keys,
+                            fetched_keys = stats.fetched_keys,
+                            fetched_bytes = stats.fetched_bytes,
+                            deleted_keys = stats.deleted_keys,
+                            "resync pulled a snapshot"
+                        );
+                        v.resync_fetched += stats.fetched_bytes;
+                        r.staged = true;
+                        let msg = r.msg.clone();
+                        if v.group.status().applied == r.base_applied {
+                            v.resyncs += 1;
+                            v.group.step(msg)?;
+                        } else {
+                            v.resync = None;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(volume, index, error = %e, "resync failed; waiting for the snapshot again");
+                        v.resync = None;
+                    }
+                }
             }
             Input::Shutdown => self.stopping = true,
         }
@@ -738,6 +834,102 @@ impl Driver {
         }
     }
 
+    /// A volume snapshot arrived from `from`: pull it (by hash comparison,
+    /// on a thread) unless it is already staged, and step it into the group
+    /// once it is. Until then the group does not see it.
+    fn volume_snapshot(
+        &mut self,
+        volume: u64,
+        from: u64,
+        msg: RaftMessage,
+    ) -> Result<(), GroupError> {
+        let index = msg.get_snapshot().get_metadata().index;
+        let meta = self.meta.state_machine().state();
+        let Some(addr) = self.peer_addr(&meta, from) else {
+            return Ok(());
+        };
+        let Some(v) = self.volumes.get_mut(&volume) else {
+            return Ok(());
+        };
+        let applied = v.group.status().applied;
+        // Nothing to pull: Raft refuses a snapshot that is not ahead, and its
+        // answer tells the leader where this replica is.
+        if applied >= index {
+            return v.group.step(msg);
+        }
+        if let Some(r) = v.resync.as_mut() {
+            if !r.staged {
+                // A pull is running; a newer message for it replaces the old.
+                if r.index == index {
+                    r.msg = msg;
+                }
+                return Ok(());
+            }
+            if r.index == index && r.base_applied == applied {
+                return v.group.step(msg);
+            }
+        }
+        let left = Arc::new(AtomicU64::new(0));
+        v.resync = Some(Resync {
+            index,
+            base_applied: applied,
+            msg,
+            staged: false,
+            left: left.clone(),
+        });
+        tracing::info!(volume, index, from, applied, "resync: pulling a snapshot");
+        let tx = self.tx.clone();
+        crate::resync::Pull {
+            engine: self.engine.clone(),
+            volume,
+            index,
+            base_applied: applied,
+            from,
+            addr,
+            transport: self.transport.clone(),
+            rt: self.rt.clone(),
+            left,
+        }
+        .spawn(move |result| {
+            // A full inbox drops the report; the pull is started again
+            // when the snapshot is sent again.
+            let _ = tx.try_send(Input::ResyncDone {
+                volume,
+                index,
+                result,
+            });
+        });
+        Ok(())
+    }
+
+    /// Lets go of snapshots no replica has asked for in a while (they pin
+    /// old versions on disk), and of resyncs the group has moved past.
+    fn tend_snapshots(&mut self, now: Instant) {
+        for v in self.volumes.values_mut() {
+            let applied = v.group.status().applied;
+            if v.resync
+                .as_ref()
+                .is_some_and(|r| r.staged && applied >= r.index)
+            {
+                v.resync = None;
+            }
+            match v.group.state_machine().view().snapshot_served() {
+                None => v.serving = None,
+                Some(s) => match v.serving {
+                    Some((seen, since)) if seen == s => {
+                        if now.duration_since(since)
+                            > Duration::from_millis(limits::RESYNC_SNAPSHOT_IDLE_MS)
+                        {
+                            v.group.drop_snapshot();
+                            v.serving = None;
+                        }
+                    }
+                    _ => v.serving = Some((s, now)),
+                },
+            }
+        }
+    }
+
     fn peer_addr(&self, meta: &MetaState, id: u64) -> Option<SocketAddr> {
         match meta.nodes.get(&id) {
             Some(n) => n.peer_addr.parse().ok(),
@@ -782,9 +974,12 @@ impl Driver {
                 rand::random(),
                 limits::VOLUME_INFLIGHT_MSGS_MAX,
             )?;
-            // Volume state is too large to ship as a whole: keep the log
-            // until incremental resync exists (see ARCHITECTURE.md).
-            g.set_log_retention(None);
+            // A replica further behind than the log catches up by hash
+            // comparison (`resync`).
+            g.set_log_retention(
+                Some(limits::VOLUME_LOG_KEEP_ENTRIES),
+                limits::VOLUME_LOG_LAG_ENTRIES_MAX,
+            );
             if vol.replicas == [me] {
                 g.campaign()?;
             }
@@ -796,6 +991,10 @@ impl Driver {
                     pending: HashMap::new(),
                     acked_early: Vec::new(),
                     reads: Reads::default(),
+                    resync: None,
+                    resync_fetched: 0,
+                    resyncs: 0,
+                    serving: None,
                 },
             );
         }

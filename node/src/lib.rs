@@ -12,6 +12,7 @@ pub mod driver;
 pub mod faults;
 pub mod metrics;
 pub mod mounts;
+pub mod resync;
 pub mod service;
 pub mod volume;
 

@@ -12,6 +12,7 @@ use holdfast_core::fs::{Errno, FsOp, FsReply, FsView};
 use holdfast_core::limits;
 use holdfast_core::wire::{self, FsRead, PeerMsg, ReadReply, ReplicaStatus, VolReply, VolRequest};
 use holdfast_transport::{Transport, TransportError};
+use serde_bytes::ByteBuf;
 
 use crate::driver::DriverHandle;
 use crate::faults::{broken, Break};
@@ -26,6 +27,51 @@ pub async fn serve_local(driver: &DriverHandle, req: VolRequest) -> VolReply {
         },
         VolRequest::Status { volume } => driver.vol_status(volume).await,
         VolRequest::Digest { volume } => driver.vol_digest(volume).await,
+        VolRequest::SnapshotManifest {
+            volume,
+            index,
+            after,
+        } => {
+            serve_snapshot(driver, volume, move |view| {
+                let (entries, done) = view.snapshot_manifest(index, &after)?;
+                Ok(VolReply::Manifest { entries, done })
+            })
+            .await
+        }
+        VolRequest::SnapshotValues {
+            volume,
+            index,
+            keys,
+        } => {
+            serve_snapshot(driver, volume, move |view| {
+                let keys: Vec<Vec<u8>> = keys.into_iter().map(|k| k.into_vec()).collect();
+                let values = view.snapshot_values(index, &keys)?;
+                Ok(VolReply::Values(
+                    values
+                        .into_iter()
+                        .map(|(k, v)| (ByteBuf::from(k), ByteBuf::from(v)))
+                        .collect(),
+                ))
+            })
+            .await
+        }
+    }
+}
+
+/// Answers a resync request from the snapshot local replica `volume`
+/// serves (reading and hashing off the async threads).
+async fn serve_snapshot(
+    driver: &DriverHandle,
+    volume: u64,
+    f: impl FnOnce(FsView) -> Result<VolReply, String> + Send + 'static,
+) -> VolReply {
+    let Some((_, view)) = driver.vol_view(volume).await else {
+        return VolReply::Unavailable("not a replica of this volume".into());
+    };
+    match tokio::task::spawn_blocking(move || f(view)).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(e)) => VolReply::Unavailable(e),
+        Err(_) => VolReply::Unavailable("resync request failed".into()),
     }
 }
 
@@ -38,7 +84,11 @@ pub async fn serve_local(driver: &DriverHandle, req: VolRequest) -> VolReply {
 /// deduplicate.
 fn retry_is_safe(req: &VolRequest) -> bool {
     match req {
-        VolRequest::Read { .. } | VolRequest::Status { .. } | VolRequest::Digest { .. } => true,
+        VolRequest::Read { .. }
+        | VolRequest::Status { .. }
+        | VolRequest::Digest { .. }
+        | VolRequest::SnapshotManifest { .. }
+        | VolRequest::SnapshotValues { .. } => true,
         VolRequest::Op { op, .. } => matches!(op, FsOp::Reap { .. } | FsOp::ReapNode { .. }),
     }
 }

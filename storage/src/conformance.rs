@@ -49,6 +49,34 @@ pub fn run<H: Harness>(h: &mut H) {
             e.write(b, false).unwrap();
             assert_eq!(e.get(b"k").unwrap(), None);
         }),
+        ("a snapshot does not see later writes", |h| {
+            let e = h.open();
+            put(&e, b"a", b"1", false);
+            put(&e, b"b", b"1", false);
+            let snap = e.snapshot();
+            put(&e, b"a", b"2", false);
+            put(&e, b"c", b"2", false);
+            let mut b = Batch::new();
+            b.delete(b"b".to_vec());
+            e.write(b, true).unwrap();
+            assert_eq!(snap.get(b"a").unwrap().as_deref(), Some(&b"1"[..]));
+            assert_eq!(snap.get(b"b").unwrap().as_deref(), Some(&b"1"[..]));
+            assert_eq!(snap.get(b"c").unwrap(), None);
+            let mut seen = Vec::new();
+            snap.scan(b"a", b"z", &mut |k, v| {
+                seen.push((k.to_vec(), v.to_vec()));
+                true
+            })
+            .unwrap();
+            assert_eq!(
+                seen,
+                vec![
+                    (b"a".to_vec(), b"1".to_vec()),
+                    (b"b".to_vec(), b"1".to_vec())
+                ]
+            );
+            assert_eq!(e.get(b"a").unwrap().as_deref(), Some(&b"2"[..]));
+        }),
         ("empty value and binary keys", |h| {
             let e = h.open();
             put(&e, &[0, 255, 0], b"", false);

@@ -10,6 +10,8 @@
 mod mem;
 mod rocks;
 
+use std::sync::Arc;
+
 pub mod conformance;
 
 pub use mem::MemEngine;
@@ -132,9 +134,25 @@ pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<()>;
     /// Makes every earlier write durable.
     fn sync(&self) -> Result<()>;
+    /// A consistent read-only view of the engine as it is now; later
+    /// writes do not show in it. Holding it keeps the old values alive (on
+    /// disk for RocksDB), so hold it only while it is being read.
+    fn snapshot(&self) -> Arc<dyn Snapshot>;
 }
 
-impl<E: Engine + ?Sized> Engine for std::sync::Arc<E> {
+/// A point-in-time view of an [`Engine`] ([`Engine::snapshot`]).
+pub trait Snapshot: Send + Sync + std::fmt::Debug + 'static {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// As [`Engine::scan`], over the state when the snapshot was taken.
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()>;
+}
+
+impl<E: Engine + ?Sized> Engine for Arc<E> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         (**self).get(key)
     }
@@ -151,6 +169,9 @@ impl<E: Engine + ?Sized> Engine for std::sync::Arc<E> {
     }
     fn sync(&self) -> Result<()> {
         (**self).sync()
+    }
+    fn snapshot(&self) -> Arc<dyn Snapshot> {
+        (**self).snapshot()
     }
 }
 

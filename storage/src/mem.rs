@@ -1,7 +1,9 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
-use crate::{Batch, Engine, Op, Result, StorageError};
+use std::sync::Arc;
+
+use crate::{Batch, Engine, Op, Result, Snapshot, StorageError};
 
 type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
@@ -117,6 +119,37 @@ impl Engine for MemEngine {
         let pending = std::mem::take(&mut s.unsynced);
         for b in &pending {
             apply(&mut s.durable, b);
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Arc<dyn Snapshot> {
+        Arc::new(MemSnapshot(self.lock().visible.clone()))
+    }
+}
+
+/// A copy of a [`MemEngine`]'s visible state.
+#[derive(Debug)]
+struct MemSnapshot(Map);
+
+impl Snapshot for MemSnapshot {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.0.get(key).cloned())
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        if start >= end {
+            return Ok(());
+        }
+        for (k, v) in self.0.range(start.to_vec()..end.to_vec()) {
+            if !visit(k, v) {
+                break;
+            }
         }
         Ok(())
     }

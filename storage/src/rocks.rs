@@ -1,13 +1,77 @@
 use std::path::Path;
+use std::sync::Arc;
 
-use rocksdb::{Options, ReadOptions, WriteBatch, WriteOptions, DB};
+use rocksdb::{DBRawIterator, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 
-use crate::{Batch, Engine, Op, Result, StorageError};
+use crate::{Batch, Engine, Op, Result, Snapshot, StorageError};
 
 /// The production [`Engine`]: one RocksDB database in a folder.
 #[derive(Debug)]
 pub struct RocksEngine {
-    db: DB,
+    db: Arc<DB>,
+}
+
+type DbSnapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, DB>;
+
+self_cell::self_cell!(
+    /// A RocksDB snapshot together with the database it borrows from.
+    struct RocksSnapshot {
+        owner: Arc<DB>,
+        #[covariant]
+        dependent: DbSnapshot,
+    }
+);
+
+impl std::fmt::Debug for RocksSnapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RocksSnapshot")
+    }
+}
+
+fn bounded(end: &[u8]) -> ReadOptions {
+    let mut ro = ReadOptions::default();
+    ro.set_iterate_upper_bound(end.to_vec());
+    ro
+}
+
+fn scan_with(
+    mut it: DBRawIterator<'_>,
+    start: &[u8],
+    visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<()> {
+    it.seek(start);
+    while it.valid() {
+        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+            break;
+        };
+        if !visit(k, v) {
+            return Ok(());
+        }
+        it.next();
+    }
+    it.status().map_err(map_err)
+}
+
+impl Snapshot for RocksSnapshot {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.borrow_dependent().get(key).map_err(map_err)
+    }
+
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        if start >= end {
+            return Ok(());
+        }
+        scan_with(
+            self.borrow_dependent().raw_iterator_opt(bounded(end)),
+            start,
+            visit,
+        )
+    }
 }
 
 fn map_err(e: rocksdb::Error) -> StorageError {
@@ -38,7 +102,7 @@ impl RocksEngine {
         opts.set_write_buffer_size(32 << 20);
         opts.set_max_write_buffer_number(2);
         let db = DB::open(&opts, dir).map_err(map_err)?;
-        Ok(Self { db })
+        Ok(Self { db: Arc::new(db) })
     }
 }
 
@@ -74,23 +138,14 @@ impl Engine for RocksEngine {
         if start >= end {
             return Ok(());
         }
-        let mut ro = ReadOptions::default();
-        ro.set_iterate_upper_bound(end.to_vec());
-        let mut it = self.db.raw_iterator_opt(ro);
-        it.seek(start);
-        while it.valid() {
-            let (Some(k), Some(v)) = (it.key(), it.value()) else {
-                break;
-            };
-            if !visit(k, v) {
-                return Ok(());
-            }
-            it.next();
-        }
-        it.status().map_err(map_err)
+        scan_with(self.db.raw_iterator_opt(bounded(end)), start, visit)
     }
 
     fn sync(&self) -> Result<()> {
         self.db.flush_wal(true).map_err(map_err)
+    }
+
+    fn snapshot(&self) -> Arc<dyn Snapshot> {
+        Arc::new(RocksSnapshot::new(self.db.clone(), |db| db.snapshot()))
     }
 }

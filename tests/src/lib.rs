@@ -236,6 +236,10 @@ pub struct ClusterOptions {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // A failed test shows what the nodes said last.
+        if std::thread::panicking() {
+            eprintln!("last node log lines:\n{}", self.logs_tail(30));
+        }
         for n in &mut self.nodes {
             n.kill9();
         }

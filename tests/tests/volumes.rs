@@ -41,6 +41,28 @@ fn tree_sums(dir: &Path) -> String {
     ))
 }
 
+/// Writes `path` whole and fsyncs it. A write in flight when the volume's
+/// leader changes fails with EIO (its outcome is unknown; see the volume
+/// router in ARCHITECTURE.md), and an overloaded machine can trigger an
+/// election: the file is then written again, whole, and the retry printed.
+fn write_whole(path: &Path, data: &[u8]) {
+    wait_until(
+        &format!("{} to be written", path.display()),
+        Duration::from_secs(120),
+        || match File::create(path).and_then(|mut f| {
+            f.write_all(data)?;
+            f.sync_all()
+        }) {
+            Ok(()) => Some(()),
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                eprintln!("{}: {e}; writing it again", path.display());
+                None
+            }
+            Err(e) => panic!("{}: {e}", path.display()),
+        },
+    );
+}
+
 fn leader_index(c: &Cluster) -> usize {
     let name = wait_until("a volume leader", Duration::from_secs(20), || {
         c.volume_status(0, "web")?["leader"]
@@ -202,7 +224,7 @@ impl Fsx {
     fn step(&mut self) {
         let p = self.path();
         let q = self.path();
-        match self.pick(10) {
+        match self.pick(11) {
             0 | 1 => {
                 let off = [0u64, 100, 4095, 65535, 65536, 200_000, 3 << 20][self.pick(7)];
                 let len = [1usize, 10, 4096, 70_000, 300_000][self.pick(5)];
@@ -253,6 +275,12 @@ impl Fsx {
                     )
                 });
             }
+            9 => {
+                let (uid, gid) = ([0, 33, 1000][self.pick(3)], [0, 33, 1000][self.pick(3)]);
+                self.both(format!("chown {p} {uid}:{gid}"), |root| {
+                    std::os::unix::fs::chown(root.join(&p), Some(uid), Some(gid))
+                });
+            }
             _ => {
                 // Read back, from this mount and from another node's.
                 let want = std::fs::read(self.theirs.join(&p)).ok();
@@ -283,6 +311,11 @@ impl Fsx {
                     let kind = if md.is_dir() { "dir" } else { "file" };
                     let mode = std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o7777;
                     let nlink = std::os::unix::fs::MetadataExt::nlink(&md);
+                    let owner = format!(
+                        "{}:{}",
+                        std::os::unix::fs::MetadataExt::uid(&md),
+                        std::os::unix::fs::MetadataExt::gid(&md)
+                    );
                     let sum = if md.is_file() {
                         let mut h = 0u64;
                         let mut buf = Vec::new();
@@ -298,7 +331,7 @@ impl Fsx {
                     let size = if md.is_file() { md.len() } else { 0 };
                     out.push((
                         rel,
-                        format!("{kind} {mode:o} {size}"),
+                        format!("{kind} {mode:o} {size} {owner}"),
                         sum,
                         nlink as u32,
                         if md.is_dir() { 0 } else { nlink },
@@ -402,16 +435,11 @@ fn a_stopped_follower_catches_up_with_only_what_it_missed() {
     let (mut c, m) = three_mounts();
     let leader = leader_index(&c);
     let follower = (0..3).find(|&i| i != leader).unwrap();
-    let mib = |n: usize| vec![7u8; n << 20];
-    std::fs::write(m[leader].join("before"), mib(60)).unwrap();
+    write_whole(&m[leader].join("before"), &vec![7u8; 60 << 20]);
     assert!(c.nodes[follower].stop().success());
     let (before_stop, missed) = (60u64 << 20, 100u64 << 20);
-    let mut f = File::create(m[leader].join("while-down")).unwrap();
-    for i in 0..100u8 {
-        f.write_all(&vec![i; 1 << 20]).unwrap();
-    }
-    f.sync_all().unwrap();
-    drop(f);
+    let data: Vec<u8> = (0..100u8).flat_map(|i| vec![i; 1 << 20]).collect();
+    write_whole(&m[leader].join("while-down"), &data);
     c.nodes[follower].restart();
     c.wait_api(follower);
     let started = Instant::now();
@@ -428,7 +456,7 @@ fn a_stopped_follower_catches_up_with_only_what_it_missed() {
         },
     );
     eprintln!("caught up in {:?}", started.elapsed());
-    // It received about what it missed, not the whole volume again.
+    // It did not receive the whole volume again as Raft frames...
     let metrics = c.metrics(follower);
     let received: f64 = metrics
         .lines()
@@ -437,10 +465,6 @@ fn a_stopped_follower_catches_up_with_only_what_it_missed() {
         .expect("bytes received metric");
     let whole = (before_stop + missed) as f64;
     assert!(
-        received >= missed as f64,
-        "received {received} bytes, less than the {missed} it missed"
-    );
-    assert!(
         received < missed as f64 + 0.5 * before_stop as f64,
         "received {received} bytes for {missed} missed of a {whole}-byte volume"
     );
@@ -448,7 +472,23 @@ fn a_stopped_follower_catches_up_with_only_what_it_missed() {
     for r in status["replicas"].as_array().unwrap() {
         assert_eq!(r["lag_entries"], 0, "{status}");
         assert_eq!(r["healthy"], true, "{status}");
+        assert_eq!(r["resync_bytes_left"], 0, "{status}");
     }
+    // The leader's log no longer held what the follower missed, so the
+    // follower compared hashes and fetched the differing values: the new
+    // file, not the unchanged one.
+    let name = &c.nodes[follower].name;
+    let fetched = status["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] == name.as_str())
+        .and_then(|r| r["resync_bytes_fetched"].as_u64())
+        .expect("the follower's resync figures");
+    assert!(
+        fetched >= missed && fetched < missed + (4 << 20),
+        "fetched {fetched} bytes by resync for {missed} missed: {status}"
+    );
 }
 
 #[test]
@@ -585,11 +625,13 @@ fn a_full_disk_on_one_replica_fails_only_what_it_must_and_recovers() {
     let m = c.mount(0, "web");
     // The volume must have elected its first leader before writes count.
     leader_index(&c);
-    // n3 stores each byte twice (log and state): 280 MiB of files take it
-    // below its reserve. The other two replicas have room, so every write
-    // must succeed; one may see ENOSPC while the leadership moves away
-    // from a full n3, and is retried.
-    for i in 0..35u8 {
+    // Write until n3 runs below its reserve (about 400 MiB of its 600 MiB
+    // are usable). The other two replicas have room, so every write must
+    // succeed; one may see ENOSPC while the leadership moves away from a
+    // full n3, and is retried.
+    let n3 = c.index_of("n3");
+    let mut last = 0u8;
+    for i in 0..80u8 {
         let data = vec![i; 8 << 20];
         wait_until(
             &format!("file {i} to be written"),
@@ -602,12 +644,20 @@ fn a_full_disk_on_one_replica_fails_only_what_it_must_and_recovers() {
                 match r {
                     Ok(()) => Some(()),
                     Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => None,
+                    // See `write_whole`.
+                    Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+                        eprintln!("write {i}: {e}; writing it again");
+                        None
+                    }
                     Err(e) => panic!("write {i}: {e}"),
                 }
             },
         );
+        last = i;
+        if c.nodes[n3].log().contains("nearly full") {
+            break;
+        }
     }
-    let n3 = c.index_of("n3");
     assert!(
         c.nodes[n3].is_running(),
         "a full disk must not stop the node:\n{}",
@@ -634,7 +684,7 @@ fn a_full_disk_on_one_replica_fails_only_what_it_must_and_recovers() {
             .then_some(())
         },
     );
-    for i in [0u8, 34] {
+    for i in [0u8, last] {
         assert_eq!(
             std::fs::read(m.join(format!("f{i}"))).unwrap(),
             vec![i; 8 << 20]

@@ -266,6 +266,17 @@ fn until_ok<T>(stop: &AtomicBool, mut f: impl FnMut() -> std::io::Result<T>) -> 
     }
 }
 
+/// Whether `f` lives on the mount at `dir` (another device than the folder
+/// the mount point is in), not in the bare mount point.
+fn on_mount(f: &File, dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let parent = dir.parent().and_then(|p| std::fs::metadata(p).ok());
+    match (f.metadata(), parent) {
+        (Ok(m), Some(p)) => m.dev() != p.dev(),
+        _ => false,
+    }
+}
+
 fn read_all(path: &Path) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     File::open(path)?.read_to_end(&mut buf)?;
@@ -290,7 +301,11 @@ fn append_client(out: &Out, dir: &Path, stop: &AtomicBool) -> Tally {
                     .write(true)
                     .open(&path)
                 {
-                    Ok(f) => file = Some(f),
+                    // While the node restarts, its mount point is a plain
+                    // folder of the local disk: a file made there is not on
+                    // the volume, and writes to it prove nothing.
+                    Ok(f) if on_mount(&f, dir) => file = Some(f),
+                    Ok(_) => std::thread::sleep(Duration::from_millis(200)),
                     Err(_) => std::thread::sleep(Duration::from_millis(200)),
                 }
                 continue;
