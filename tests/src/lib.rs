@@ -171,6 +171,20 @@ impl Drop for Node {
     }
 }
 
+/// Bytes free on the filesystem that holds `path`, as df(1) says.
+pub fn free_bytes(path: &Path) -> u64 {
+    let o = Command::new("df")
+        .args(["--output=avail", "-B1"])
+        .arg(path)
+        .output()
+        .expect("df");
+    String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .nth(1)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("df output")
+}
+
 /// Sends `SIG<name>` to a child with kill(1).
 pub fn signal(child: &Child, name: &str) {
     let ok = Command::new("kill")

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use holdfast_tests::{wait_until, Cluster};
+use holdfast_tests::{free_bytes, wait_until, Cluster, ClusterOptions};
 
 /// A three-node cluster with volume `web` mounted on every node.
 fn three_mounts() -> (Cluster, Vec<PathBuf>) {
@@ -688,6 +688,92 @@ fn a_full_disk_on_one_replica_fails_only_what_it_must_and_recovers() {
         assert_eq!(
             std::fs::read(m.join(format!("f{i}"))).unwrap(),
             vec![i; 8 << 20]
+        );
+    }
+}
+
+#[test]
+fn a_full_disk_on_the_leader_moves_the_leadership_and_loses_nothing() {
+    let mut c = Cluster::start_with(
+        3,
+        ClusterOptions {
+            small_disk: Some((2, 1024)),
+            ..Default::default()
+        },
+    );
+    c.wait_converged(0, 3);
+    c.create_volume("web", 3);
+    // Make n3, the node with the small disk, the volume's leader: restart
+    // whoever leads until n3 wins an election.
+    for _ in 0..20 {
+        let leader = leader_index(&c);
+        if leader == 2 {
+            break;
+        }
+        c.nodes[leader].kill9();
+        c.nodes[leader].restart();
+        c.wait_api(leader);
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    assert_eq!(leader_index(&c), 2, "n3 never became the volume's leader");
+    let m = c.mount(0, "web");
+    write_whole(&m.join("before"), &vec![1u8; 4 << 20]);
+
+    // Fill n3's disk below its reserve while it leads.
+    let filler = c.nodes[2].data.join("filler");
+    let size =
+        free_bytes(&c.nodes[2].data).saturating_sub(holdfast_core::limits::DISK_RESERVE_BYTES / 2);
+    sh(&format!("fallocate -l {size} {}", filler.display()));
+
+    // Writes go on: a write n3 refuses with ENOSPC is written again, and
+    // n3 hands the leadership to a replica with room.
+    for i in 0..5u8 {
+        let path = m.join(format!("f{i}"));
+        wait_until(
+            &format!("{} to be written", path.display()),
+            Duration::from_secs(60),
+            || match File::create(&path).and_then(|mut f| {
+                f.write_all(&vec![i; 4 << 20])?;
+                f.sync_all()
+            }) {
+                Ok(()) => Some(()),
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EIO)) => {
+                    eprintln!("f{i}: {e}; writing it again");
+                    None
+                }
+                Err(e) => panic!("f{i}: {e}"),
+            },
+        );
+    }
+    assert_ne!(leader_index(&c), 2, "a leader short of disk kept leading");
+    assert!(
+        c.nodes[2].log().contains("nearly full"),
+        "n3 never saw its disk full:\n{}",
+        c.logs_tail(20)
+    );
+    assert!(
+        c.nodes[2].is_running(),
+        "a full disk must not stop the node"
+    );
+
+    // Space comes back: n3 catches up, and every file reads back whole.
+    std::fs::remove_file(&filler).unwrap();
+    wait_until(
+        "n3 to catch up after space was freed",
+        Duration::from_secs(120),
+        || {
+            let d = c.digests(0, "web");
+            (d.len() == 3
+                && d.iter()
+                    .all(|r| r.2.is_some() && r.1 == d[0].1 && r.2 == d[0].2))
+            .then_some(())
+        },
+    );
+    assert_eq!(std::fs::read(m.join("before")).unwrap(), vec![1u8; 4 << 20]);
+    for i in 0..5u8 {
+        assert_eq!(
+            std::fs::read(m.join(format!("f{i}"))).unwrap(),
+            vec![i; 4 << 20]
         );
     }
 }

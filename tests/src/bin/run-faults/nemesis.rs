@@ -6,7 +6,7 @@ use std::io::Write;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use holdfast_tests::{signal, wait_until, Cluster};
+use holdfast_tests::{free_bytes, signal, wait_until, Cluster};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -274,17 +274,4 @@ impl Nemesis<'_> {
             }
         }
     }
-}
-
-fn free_bytes(path: &std::path::Path) -> u64 {
-    let o = Command::new("df")
-        .args(["--output=avail", "-B1"])
-        .arg(path)
-        .output()
-        .expect("df");
-    String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .nth(1)
-        .and_then(|l| l.trim().parse().ok())
-        .expect("df output")
 }
