@@ -46,6 +46,21 @@ impl Client {
         self.call(self.agent.post(&format!("{}{path}", self.base)), Some(body))
     }
 
+    /// [`Client::post`] for calls that may take long (a plugin install
+    /// compiles and copies the component).
+    pub fn post_slow<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        timeout: Duration,
+    ) -> anyhow::Result<T> {
+        let req = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .timeout(timeout);
+        self.call(req, Some(body))
+    }
+
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.call(self.agent.delete(&format!("{}{path}", self.base)), None)
     }

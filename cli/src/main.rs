@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
@@ -108,6 +109,12 @@ enum Cmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Wasm plugins (routers, SQL routers, failover policies, deploy
+    /// strategies), stored in the cluster and run on every node.
+    Plugin {
+        #[command(subcommand)]
+        cmd: PluginCmd,
+    },
     /// Run a local cluster of real node processes until Ctrl-C.
     Demo {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=5))]
@@ -161,6 +168,77 @@ enum VolumeCmd {
         name: String,
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCmd {
+    /// Check a component, store it in the cluster and make it the active
+    /// version of NAME on every node (the version it replaces stays for a
+    /// rollback).
+    Install {
+        file: PathBuf,
+        #[arg(long)]
+        name: String,
+        /// Allow an import beyond the baseline: clocks, random, filesystem
+        /// or sockets.
+        #[arg(long = "grant", value_name = "CAP")]
+        grants: Vec<String>,
+        /// What callers get when the plugin fails: the built-in decision
+        /// (open) or an error (closed).
+        #[arg(long, default_value = "open", value_parser = ["open", "closed"])]
+        fail: String,
+        /// Refuse the component unless it implements this world.
+        #[arg(long, value_parser = ["router", "sql-router", "failover-policy", "deploy-strategy"])]
+        world: Option<String>,
+        /// Per-call deadline (default 1 ms for routers, 50 ms for policies).
+        #[arg(long)]
+        deadline_ms: Option<u64>,
+        /// Memory limit in MiB (default 16 for routers, 64 for policies).
+        #[arg(long)]
+        memory_mib: Option<u64>,
+        /// A config value the plugin reads (repeatable).
+        #[arg(long = "config", value_name = "KEY=VALUE")]
+        config: Vec<String>,
+        /// With --grant filesystem: the folder the plugin sees, read-only.
+        #[arg(long)]
+        fs_root: Option<PathBuf>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List the plugins, with this node's call counts and state.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Make one call on the node behind --api and print the decision.
+    Test {
+        name: String,
+        /// The input, in the JSON form of the plugin's world.
+        #[arg(long)]
+        input: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Make the previous version active again on every node.
+    Rollback {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Remove a plugin from every node.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Take a quarantined plugin back into service on the node behind --api.
+    Reinstate {
+        name: String,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -344,6 +422,7 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Volume { cmd } => volume(cmd),
+        Cmd::Plugin { cmd } => plugin(cmd),
         Cmd::Mount { name, dir, api } => {
             let c = client::Client::new(&api)?;
             let path = std::path::absolute(&dir)?;
@@ -399,6 +478,131 @@ fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+fn plugin(cmd: PluginCmd) -> anyhow::Result<()> {
+    use holdfast_node::plugins::PluginView;
+    let print = |v: &PluginView| {
+        outln!(
+            "{} {} version {} ({}) on this node: {}",
+            v.world,
+            v.name,
+            v.version,
+            &v.hash[..v.hash.len().min(12)],
+            v.state
+        )
+    };
+    match cmd {
+        PluginCmd::Install {
+            file,
+            name,
+            grants,
+            fail,
+            world,
+            deadline_ms,
+            memory_mib,
+            config,
+            fs_root,
+            api,
+        } => {
+            use base64::Engine as _;
+            let wasm =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let mut values = serde_json::Map::new();
+            for kv in config {
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--config {kv:?} is not KEY=VALUE"))?;
+                values.insert(k.to_string(), v.into());
+            }
+            let fs_root = fs_root.map(std::path::absolute).transpose()?;
+            let body = serde_json::json!({
+                "wasm_base64": base64::engine::general_purpose::STANDARD.encode(&wasm),
+                "world": world,
+                "grants": grants,
+                "fail": fail,
+                "deadline_ms": deadline_ms,
+                "memory_bytes": memory_mib.map(|m| m << 20),
+                "config": values,
+                "fs_root": fs_root,
+            });
+            let c = client::Client::new(&api)?;
+            let v: PluginView = c.post_slow(
+                &format!("/api/v1/plugins/{name}"),
+                &body,
+                Duration::from_secs(300),
+            )?;
+            print(&v);
+        }
+        PluginCmd::List { json, api } => {
+            let c = client::Client::new(&api)?;
+            let vs: Vec<PluginView> = c.get("/api/v1/plugins")?;
+            if json {
+                outln!("{}", serde_json::to_string(&vs)?);
+            } else {
+                outln!(
+                    "{:<24} {:<16} {:>7} {:<12} {:<12} {:>10} {:>7} {:>8}",
+                    "PLUGIN",
+                    "WORLD",
+                    "VERSION",
+                    "HASH",
+                    "STATE",
+                    "CALLS",
+                    "TRAPS",
+                    "TIMEOUTS"
+                );
+                for v in vs {
+                    outln!(
+                        "{:<24} {:<16} {:>7} {:<12} {:<12} {:>10} {:>7} {:>8}",
+                        v.name,
+                        v.world,
+                        v.version,
+                        &v.hash[..v.hash.len().min(12)],
+                        v.state,
+                        v.calls,
+                        v.traps,
+                        v.timeouts
+                    );
+                }
+            }
+        }
+        PluginCmd::Test { name, input, api } => {
+            let text = std::fs::read_to_string(&input)
+                .with_context(|| format!("cannot read {}", input.display()))?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", input.display()))?;
+            let c = client::Client::new(&api)?;
+            let answer: serde_json::Value = c.post_slow(
+                &format!("/api/v1/plugins/{name}/test"),
+                &value,
+                Duration::from_secs(60),
+            )?;
+            outln!("{}", serde_json::to_string(&answer)?);
+        }
+        PluginCmd::Rollback { name, api } => {
+            let c = client::Client::new(&api)?;
+            let v: PluginView = c.post_slow(
+                &format!("/api/v1/plugins/{name}/rollback"),
+                &serde_json::json!({}),
+                Duration::from_secs(300),
+            )?;
+            print(&v);
+        }
+        PluginCmd::Remove { name, api } => {
+            let c = client::Client::new(&api)?;
+            let _: serde_json::Value = c.delete(&format!("/api/v1/plugins/{name}"))?;
+            outln!("removed plugin {name}");
+        }
+        PluginCmd::Reinstate { name, api } => {
+            let c = client::Client::new(&api)?;
+            let v: PluginView = c.post(
+                &format!("/api/v1/plugins/{name}/reinstate"),
+                &serde_json::json!({}),
+            )?;
+            print(&v);
+        }
+    }
+    Ok(())
 }
 
 fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {

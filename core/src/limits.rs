@@ -164,6 +164,18 @@ pub const PLUGIN_TABLE_ELEMENTS_MAX: usize = 100_000;
 pub const PLUGIN_COMPONENT_BYTES_MAX: usize = 64 << 20;
 /// Plugins installed on a cluster (names, each with two versions kept).
 pub const PLUGINS_MAX: usize = 256;
+/// Plugin names ever used in a cluster (their version counters are kept).
+pub const PLUGIN_NAMES_MAX: usize = 1024;
+/// The encoded plugin records (settings, not components) in the metadata,
+/// which travels whole in one snapshot frame.
+pub const PLUGIN_RECORDS_BYTES_MAX: usize = 2 << 20;
+/// The piece of a plugin component one transport exchange carries.
+pub const PLUGIN_BLOB_CHUNK_BYTES: usize = 1 << 20;
+/// How long an install waits for the component to reach a majority.
+pub const PLUGIN_REPLICATE_TIMEOUT_MS: u64 = 30_000;
+/// How long an unreferenced component is kept before it is deleted (an
+/// install in flight stores it before its record commits).
+pub const PLUGIN_BLOB_GRACE_MS: u64 = 300_000;
 /// Plugin names: 1 to this many bytes of `[a-z0-9-]`.
 pub const PLUGIN_NAME_BYTES_MAX: usize = 63;
 /// Largest input of one plugin call (strings, lists and fields summed).

@@ -99,6 +99,46 @@ pub struct MetaState {
     pub tokens: BTreeMap<String, TokenRecord>,
     /// Volumes by id (the id is also the volume's consensus group).
     pub volumes: BTreeMap<u64, VolumeRecord>,
+    /// Wasm plugins by name. The components themselves are not here: each
+    /// node keeps them by blake3 hash (see the node's plugin store).
+    pub plugins: BTreeMap<String, PluginRecord>,
+    /// The last version number each plugin name was given, kept after the
+    /// plugin is removed, so that a number never names two components.
+    pub plugin_versions: BTreeMap<String, u64>,
+}
+
+/// The worlds a plugin may implement (`wit/`).
+pub const PLUGIN_WORLDS: [&str; 4] = ["router", "sql-router", "failover-policy", "deploy-strategy"];
+
+/// A plugin: the version every node runs and the one a rollback returns to.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PluginRecord {
+    pub name: String,
+    /// One of [`PLUGIN_WORLDS`]; fixed for the name's lifetime.
+    pub world: String,
+    pub active: PluginVersion,
+    pub previous: Option<PluginVersion>,
+}
+
+/// One installed component with the operator's settings for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PluginVersion {
+    /// Given at apply time; 0 in a proposal.
+    pub number: u64,
+    /// blake3 of the component, hex.
+    pub hash: String,
+    pub bytes: u64,
+    /// Capability names (`clocks`, `random`, `filesystem`, `sockets`).
+    pub grants: Vec<String>,
+    /// `open` or `closed`.
+    pub fail: String,
+    pub deadline_ms: Option<u64>,
+    pub memory_bytes: Option<u64>,
+    pub config: BTreeMap<String, String>,
+    pub fs_root: Option<String>,
+    /// The node that took the install; it holds the component for sure.
+    pub origin: u64,
+    pub installed_ms: u64,
 }
 
 /// A file volume and where its replicas live.
@@ -129,6 +169,15 @@ impl MetaState {
 
     pub fn volume_by_name(&self, name: &str) -> Option<&VolumeRecord> {
         self.volumes.values().find(|v| v.name == name)
+    }
+
+    /// Every component the plugin store must keep, by hash.
+    pub fn plugin_hashes(&self) -> BTreeSet<&str> {
+        self.plugins
+            .values()
+            .flat_map(|p| std::iter::once(&p.active).chain(p.previous.as_ref()))
+            .map(|v| v.hash.as_str())
+            .collect()
     }
 
     /// Whether a peer presenting a certificate for `id` may talk to us.
@@ -185,6 +234,21 @@ pub enum Command {
         name: String,
         replicas: u8,
         now_ms: u64,
+    },
+    /// Makes `version` the active version of plugin `name` (a new plugin,
+    /// or a hot swap that keeps the active version as the previous one).
+    /// Proposed only once the component is stored on a majority.
+    InstallPlugin {
+        name: String,
+        world: String,
+        version: PluginVersion,
+    },
+    /// Swaps the active and the previous version.
+    RollbackPlugin {
+        name: String,
+    },
+    RemovePlugin {
+        name: String,
     },
 }
 
@@ -248,6 +312,9 @@ pub enum Outcome {
     VolumeCreated { id: u64 },
     Joined { id: u64 },
     Removed { id: u64 },
+    PluginInstalled { version: u64 },
+    PluginRolledBack { version: u64 },
+    PluginRemoved,
 }
 
 /// [`MetaState`] as a [`StateMachine`], persisted whole under one key.
@@ -381,7 +448,107 @@ impl MetaMachine {
                 );
                 Ok(Outcome::VolumeCreated { id })
             }
+            Command::InstallPlugin {
+                name,
+                world,
+                version,
+            } => self.install_plugin(name, world, version),
+            Command::RollbackPlugin { name } => {
+                let st = Arc::make_mut(&mut self.state);
+                let p = st
+                    .plugins
+                    .get_mut(&name)
+                    .ok_or_else(|| format!("no plugin named {name:?}"))?;
+                let previous = p
+                    .previous
+                    .take()
+                    .ok_or_else(|| format!("plugin {name:?} has no previous version"))?;
+                p.previous = Some(std::mem::replace(&mut p.active, previous));
+                Ok(Outcome::PluginRolledBack {
+                    version: p.active.number,
+                })
+            }
+            Command::RemovePlugin { name } => {
+                if !self.state.plugins.contains_key(&name) {
+                    return Err(format!("no plugin named {name:?}"));
+                }
+                Arc::make_mut(&mut self.state).plugins.remove(&name);
+                Ok(Outcome::PluginRemoved)
+            }
         }
+    }
+
+    fn install_plugin(
+        &mut self,
+        name: String,
+        world: String,
+        mut version: PluginVersion,
+    ) -> Result<Outcome, String> {
+        check_plugin_name(&name)?;
+        if !PLUGIN_WORLDS.contains(&world.as_str()) {
+            return Err(format!("unknown plugin world {world:?}"));
+        }
+        if version.hash.len() != 64 || !version.hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("plugin hash must be 64 hex digits".into());
+        }
+        if version.bytes == 0 || version.bytes > limits::PLUGIN_COMPONENT_BYTES_MAX as u64 {
+            return Err(format!(
+                "plugin component of {} bytes: 1 to {} allowed",
+                version.bytes,
+                limits::PLUGIN_COMPONENT_BYTES_MAX
+            ));
+        }
+        let st = &self.state;
+        match st.plugins.get(&name) {
+            Some(p) if p.world != world => {
+                return Err(format!(
+                    "plugin {name:?} is a {} plugin, this component is a {world}; remove it first to reuse the name",
+                    p.world
+                ))
+            }
+            Some(_) => {}
+            None if st.plugins.len() >= limits::PLUGINS_MAX => {
+                return Err(format!("too many plugins (limit {})", limits::PLUGINS_MAX))
+            }
+            None if !st.plugin_versions.contains_key(&name)
+                && st.plugin_versions.len() >= limits::PLUGIN_NAMES_MAX =>
+            {
+                return Err(format!(
+                    "too many plugin names used (limit {})",
+                    limits::PLUGIN_NAMES_MAX
+                ))
+            }
+            None => {}
+        }
+        let before = self.state.clone();
+        let st = Arc::make_mut(&mut self.state);
+        let number = st.plugin_versions.get(&name).copied().unwrap_or(0) + 1;
+        version.number = number;
+        st.plugin_versions.insert(name.clone(), number);
+        let record = match st.plugins.remove(&name) {
+            Some(old) => PluginRecord {
+                previous: Some(old.active),
+                active: version,
+                ..old
+            },
+            None => PluginRecord {
+                name: name.clone(),
+                world,
+                active: version,
+                previous: None,
+            },
+        };
+        st.plugins.insert(name, record);
+        // The whole state travels as one snapshot message.
+        let size = wire::encode(&st.plugins).len();
+        if size > limits::PLUGIN_RECORDS_BYTES_MAX {
+            self.state = before;
+            return Err(format!(
+                "plugin settings would take {size} bytes of cluster metadata (limit {})",
+                limits::PLUGIN_RECORDS_BYTES_MAX
+            ));
+        }
+        Ok(Outcome::PluginInstalled { version: number })
     }
 
     fn check_change(&mut self, cc: &ConfChange, change: &Change) -> Result<Outcome, String> {
@@ -494,6 +661,23 @@ impl StateMachine for MetaMachine {
 
     fn take_events(&mut self) -> Vec<MetaEvent> {
         std::mem::take(&mut self.events)
+    }
+}
+
+/// A plugin name: 1 to `PLUGIN_NAME_BYTES_MAX` bytes of a-z, 0-9 and '-'.
+pub fn check_plugin_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= limits::PLUGIN_NAME_BYTES_MAX
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "plugin name {name:?} must be 1 to {} bytes of a-z, 0-9 and '-'",
+            limits::PLUGIN_NAME_BYTES_MAX
+        ))
     }
 }
 

@@ -20,6 +20,32 @@ pub enum PeerMsg {
     Ping,
     /// A request about a volume, on a request/response stream.
     Vol(VolRequest),
+    /// A request to the plugin store, on a request/response stream.
+    Blob(BlobRequest),
+}
+
+/// What a node asks another's plugin store. Components are addressed by
+/// their blake3 hash (hex) and move in `PLUGIN_BLOB_CHUNK_BYTES` pieces.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum BlobRequest {
+    /// Piece `index` of component `hash`.
+    Get { hash: String, index: u32 },
+    /// Fetch component `hash` (`bytes` long) from member `from` and keep it
+    /// durably; answered once it is stored.
+    Fetch { hash: String, bytes: u64, from: u64 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub enum BlobReply {
+    Piece {
+        /// The component's length.
+        bytes: u64,
+        #[serde(with = "serde_bytes")]
+        data: Vec<u8>,
+    },
+    Stored,
+    Missing,
+    Failed(String),
 }
 
 /// What a node asks a volume's replica (normally its leader).

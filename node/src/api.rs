@@ -30,6 +30,7 @@ pub struct ApiState {
     pub registry: Arc<Registry>,
     pub volumes: Arc<crate::volume::Volumes>,
     pub mounts: Arc<crate::mounts::Mounts>,
+    pub plugins: Arc<crate::plugins::PluginStore>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -112,6 +113,78 @@ impl From<ProposeError> for ApiError {
     }
 }
 
+/// An install request: the component in base64 plus its settings.
+fn plugin_body_max() -> usize {
+    limits::PLUGIN_COMPONENT_BYTES_MAX / 3 * 4 + 1024 + 4 * limits::META_COMMAND_BYTES_MAX
+}
+
+impl From<crate::plugins::StoreError> for ApiError {
+    fn from(e: crate::plugins::StoreError) -> Self {
+        use crate::plugins::StoreError as E;
+        match e {
+            E::Invalid(m) => bad(m),
+            E::NotFound(m) => ApiError(StatusCode::NOT_FOUND, m),
+            E::Unavailable(m) => ApiError(StatusCode::SERVICE_UNAVAILABLE, m),
+            E::Propose(p) => p.into(),
+            E::Local(m) => ApiError(StatusCode::INTERNAL_SERVER_ERROR, m),
+        }
+    }
+}
+
+fn check_plugin_name(name: &str) -> Result<(), ApiError> {
+    holdfast_core::meta::check_plugin_name(name).map_err(bad)
+}
+
+async fn list_plugins(State(st): State<ApiState>) -> Json<Vec<crate::plugins::PluginView>> {
+    Json(st.plugins.list())
+}
+
+async fn install_plugin(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<crate::plugins::PluginView>, ApiError> {
+    check_plugin_name(&name)?;
+    let req: crate::plugins::InstallRequest = parse_body(&body)?;
+    drop(body);
+    Ok(Json(st.plugins.install(&name, req).await?))
+}
+
+async fn remove_plugin(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_plugin_name(&name)?;
+    st.plugins.remove(&name).await?;
+    Ok(Json(serde_json::json!({ "removed": name })))
+}
+
+async fn rollback_plugin(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::plugins::PluginView>, ApiError> {
+    check_plugin_name(&name)?;
+    Ok(Json(st.plugins.rollback(&name).await?))
+}
+
+async fn reinstate_plugin(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+) -> Result<Json<crate::plugins::PluginView>, ApiError> {
+    check_plugin_name(&name)?;
+    Ok(Json(st.plugins.reinstate(&name)?))
+}
+
+async fn test_plugin(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<holdfast_plugin::JsonAnswer>, ApiError> {
+    check_plugin_name(&name)?;
+    let input = String::from_utf8(body.to_vec()).map_err(|_| bad("the input is not UTF-8"))?;
+    Ok(Json(st.plugins.test(&name, input).await?))
+}
+
 pub fn router(state: ApiState) -> Router {
     let authed = Router::new()
         .route("/api/v1/cluster", get(cluster))
@@ -122,6 +195,21 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/volumes/{name}/digests", get(volume_digests))
         .route("/api/v1/mounts", post(mount).get(list_mounts))
         .route("/api/v1/mounts/unmount", post(umount))
+        .route("/api/v1/plugins", get(list_plugins))
+        .route(
+            "/api/v1/plugins/{name}",
+            post(install_plugin)
+                .delete(remove_plugin)
+                .layer(DefaultBodyLimit::max(plugin_body_max())),
+        )
+        .route("/api/v1/plugins/{name}/rollback", post(rollback_plugin))
+        .route("/api/v1/plugins/{name}/reinstate", post(reinstate_plugin))
+        .route(
+            "/api/v1/plugins/{name}/test",
+            post(test_plugin).layer(DefaultBodyLimit::max(
+                limits::PLUGIN_INPUT_BYTES_MAX * 4 + 1024,
+            )),
+        )
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth));
     Router::new()

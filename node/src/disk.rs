@@ -55,6 +55,11 @@ impl DataDir {
     pub fn tls(&self, file: &str) -> PathBuf {
         self.root.join("tls").join(file)
     }
+    /// Compiled plugin artifacts, by blake3 of their component.
+    pub fn plugin_cache(&self) -> PathBuf {
+        self.root.join("plugin-cache")
+    }
+
     pub fn admin_token(&self) -> PathBuf {
         self.root.join("admin.token")
     }

@@ -12,6 +12,7 @@ pub mod driver;
 pub mod faults;
 pub mod metrics;
 pub mod mounts;
+pub mod plugins;
 pub mod resync;
 pub mod service;
 pub mod volume;
@@ -414,14 +415,32 @@ async fn run(
         s.seed_peers.clone(),
         dir.root.clone(),
     );
+    let plugin_host = Arc::new(
+        holdfast_plugin::PluginHost::new(holdfast_plugin::HostConfig {
+            cache_dir: Some(dir.plugin_cache()),
+            ..Default::default()
+        })
+        .map_err(|e| NodeError::Local(format!("cannot start the plugin host: {e}")))?,
+    );
+    let plugin_slot = Arc::new(std::sync::OnceLock::new());
     let svc = Arc::new(service::NodeService {
         driver: handle.clone(),
         metrics: metrics.clone(),
         seed_peers: s.seed_peers.keys().copied().collect(),
+        plugins: plugin_slot.clone(),
     });
     let transport =
         Transport::bind(udp, &s.identity, svc).map_err(|e| NodeError::Usage(e.to_string()))?;
     let consensus = driver.spawn(transport.clone());
+    let plugins = Arc::new(plugins::PluginStore::new(
+        plugin_host,
+        s.engine.clone(),
+        transport.clone(),
+        handle.clone(),
+        me,
+    ));
+    let _ = plugin_slot.set(plugins.clone());
+    let converger = tokio::spawn(plugins.clone().run());
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry, transport.metrics());
     let volumes = Arc::new(volume::Volumes::new(handle.clone(), transport.clone(), me));
@@ -438,6 +457,7 @@ async fn run(
         registry: Arc::new(registry),
         volumes,
         mounts: mounts.clone(),
+        plugins,
     };
     let restorer = {
         let mounts = mounts.clone();
@@ -480,6 +500,7 @@ async fn run(
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), server).await;
     pinger.abort();
+    converger.abort();
     token_writer.abort();
     watcher.abort();
     handle.shutdown();

@@ -27,6 +27,8 @@ pub struct NodeService {
     /// Members we may talk to before our metadata arrives (a node that just
     /// joined knows its peers from the join reply).
     pub seed_peers: Vec<u64>,
+    /// The plugin store, set once the transport it needs is up.
+    pub plugins: Arc<std::sync::OnceLock<Arc<crate::plugins::PluginStore>>>,
 }
 
 impl Service for NodeService {
@@ -47,8 +49,8 @@ impl Service for NodeService {
                 Err(e) => tracing::warn!(peer = from, error = %e, "dropped malformed raft message"),
             },
             Ok(PeerMsg::Ping) => {}
-            Ok(PeerMsg::Vol(_)) => {
-                tracing::debug!(peer = from, "dropped a volume request sent as a frame")
+            Ok(PeerMsg::Vol(_) | PeerMsg::Blob(_)) => {
+                tracing::debug!(peer = from, "dropped a request sent as a frame")
             }
             Err(e) => tracing::warn!(peer = from, error = %e, "dropped malformed frame"),
         }
@@ -56,12 +58,17 @@ impl Service for NodeService {
 
     fn request(&self, _from: u64, request: Vec<u8>) -> BoxFuture<Vec<u8>> {
         let driver = self.driver.clone();
+        let plugins = self.plugins.get().cloned();
         Box::pin(async move {
             match wire::decode::<PeerMsg>(&request, limits::FRAME_BYTES_MAX) {
                 Ok(PeerMsg::Ping) => wire::encode(&PeerMsg::Ping),
                 Ok(PeerMsg::Vol(req)) => {
                     wire::encode(&crate::volume::serve_local(&driver, req).await)
                 }
+                Ok(PeerMsg::Blob(req)) => wire::encode(&match plugins {
+                    Some(p) => p.serve(req).await,
+                    None => wire::BlobReply::Failed("plugin store starting".into()),
+                }),
                 _ => wire::encode(&wire::VolReply::Unavailable("malformed request".into())),
             }
         })

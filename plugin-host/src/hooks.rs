@@ -51,6 +51,11 @@ impl World {
         }
     }
 
+    /// The world named `name` in `wit/`.
+    pub fn from_name(name: &str) -> Option<World> {
+        World::ALL.into_iter().find(|w| w.name() == name)
+    }
+
     /// Routers sit on the request path; policies do not.
     pub fn is_router(self) -> bool {
         matches!(self, World::Router | World::SqlRouter)

@@ -15,10 +15,9 @@ use holdfast_core::limits::{
     PLUGIN_CONFIG_KEY_BYTES_MAX, PLUGIN_CONFIG_VALUE_BYTES_MAX, PLUGIN_DEADLINE_MS_MAX,
     PLUGIN_DEADLINE_WALL_FACTOR, PLUGIN_EPOCH_TICK_US, PLUGIN_IDLE_INSTANCES_MAX,
     PLUGIN_IDLE_PER_VERSION_MAX, PLUGIN_INPUT_BYTES_MAX, PLUGIN_INSTANCES_MAX,
-    PLUGIN_MEMORY_BYTES_MAX, PLUGIN_NAME_BYTES_MAX, PLUGIN_OUTPUT_BYTES_MAX,
-    PLUGIN_POLICY_DEADLINE_MS, PLUGIN_POLICY_MEMORY_BYTES, PLUGIN_QUARANTINE_FAILURES,
-    PLUGIN_QUARANTINE_WINDOW_MS, PLUGIN_ROUTER_DEADLINE_MS, PLUGIN_ROUTER_MEMORY_BYTES,
-    PLUGIN_TABLE_ELEMENTS_MAX,
+    PLUGIN_MEMORY_BYTES_MAX, PLUGIN_OUTPUT_BYTES_MAX, PLUGIN_POLICY_DEADLINE_MS,
+    PLUGIN_POLICY_MEMORY_BYTES, PLUGIN_QUARANTINE_FAILURES, PLUGIN_QUARANTINE_WINDOW_MS,
+    PLUGIN_ROUTER_DEADLINE_MS, PLUGIN_ROUTER_MEMORY_BYTES, PLUGIN_TABLE_ELEMENTS_MAX,
 };
 use serde::Serialize;
 use wasmtime::component::{Component, Linker};
@@ -63,6 +62,26 @@ pub enum FailMode {
     Open,
     /// The error.
     Closed,
+}
+
+impl FailMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            FailMode::Open => "open",
+            FailMode::Closed => "closed",
+        }
+    }
+}
+
+impl std::str::FromStr for FailMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "open" => Ok(FailMode::Open),
+            "closed" => Ok(FailMode::Closed),
+            _ => Err(format!("unknown fail mode `{s}` (open or closed)")),
+        }
+    }
 }
 
 /// An operator's settings for one installed version.
@@ -549,6 +568,30 @@ impl PluginHost {
         bytes: &[u8],
         settings: Settings,
     ) -> Result<PluginStatus, InstallError> {
+        let (info, version) = self.build(name, bytes, settings)?;
+        self.register(name, number, info, version)
+    }
+
+    /// Everything an install checks, without installing: the name, the
+    /// settings, the component against its world and grants, and a trial
+    /// start under the plugin's limits. The compiled artifact is cached, so
+    /// that the install that follows does not compile again.
+    pub fn check(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        settings: Settings,
+    ) -> Result<Info, InstallError> {
+        self.build(name, bytes, settings).map(|(info, _)| info)
+    }
+
+    /// A version ready to register, with one idle instance parked.
+    fn build(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        settings: Settings,
+    ) -> Result<(Info, Version), InstallError> {
         check_name(name)?;
         check_config(&settings.config)?;
         let (info, pre) = self.prepare(bytes, &settings.grants, settings.world)?;
@@ -580,7 +623,7 @@ impl PluginHost {
             settings.fs_root,
         ));
         let tick_us = PLUGIN_EPOCH_TICK_US;
-        let mut version = Version {
+        let version = Version {
             number: 0,
             hash: info.hash.clone(),
             pre,
@@ -617,7 +660,16 @@ impl PluginHost {
             }
         };
         self.park(&version, trial);
+        Ok((info, version))
+    }
 
+    fn register(
+        &self,
+        name: &str,
+        number: Option<u64>,
+        info: Info,
+        mut version: Version,
+    ) -> Result<PluginStatus, InstallError> {
         let mut plugins = self.plugins.write().unwrap_or_else(|e| e.into_inner());
         let entry = match plugins.get(name) {
             Some(entry) => {
@@ -1036,16 +1088,8 @@ fn status_of(name: &str, entry: &Entry) -> PluginStatus {
 }
 
 fn check_name(name: &str) -> Result<(), InstallError> {
-    let ok = !name.is_empty()
-        && name.len() <= PLUGIN_NAME_BYTES_MAX
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(InstallError::BadName(name.to_string()))
-    }
+    holdfast_core::meta::check_plugin_name(name)
+        .map_err(|_| InstallError::BadName(name.to_string()))
 }
 
 fn check_config(config: &BTreeMap<String, String>) -> Result<(), InstallError> {
