@@ -163,6 +163,22 @@ enum VolumeCmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Add a replica on data node NODE: it copies the volume (by resync)
+    /// as a learner and votes once it has caught up. Waits until then.
+    AddReplica {
+        name: String,
+        node: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Remove NODE's replica (the leadership moves first if NODE leads);
+    /// NODE then deletes its copy.
+    RemoveReplica {
+        name: String,
+        node: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Show a volume's leader, replicas and usage.
     Status {
         name: String,
@@ -619,6 +635,24 @@ fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
                 &serde_json::json!({ "name": name, "replicas": replicas }),
             )?;
             outln!("created volume {} on {}", v.name, v.replicas.join(", "));
+        }
+        VolumeCmd::AddReplica { name, node, api } => {
+            let c = client::Client::new(&api)?;
+            let v: VolumeInfo = c.post_slow(
+                &format!("/api/v1/volumes/{name}/replicas/add"),
+                &serde_json::json!({ "node": node }),
+                Duration::from_secs(3600),
+            )?;
+            outln!("volume {} replicas: {}", v.name, v.replicas.join(", "));
+        }
+        VolumeCmd::RemoveReplica { name, node, api } => {
+            let c = client::Client::new(&api)?;
+            let v: VolumeInfo = c.post_slow(
+                &format!("/api/v1/volumes/{name}/replicas/remove"),
+                &serde_json::json!({ "node": node }),
+                Duration::from_secs(3600),
+            )?;
+            outln!("volume {} replicas: {}", v.name, v.replicas.join(", "));
         }
         VolumeCmd::List { json, api } => {
             let c = client::Client::new(&api)?;

@@ -509,7 +509,8 @@ impl FsMachine {
         b
     }
 
-    fn prefix_of(volume: u64) -> Vec<u8> {
+    /// Where volume `volume`'s applied state lives in the engine.
+    pub fn prefix_of(volume: u64) -> Vec<u8> {
         let mut prefix = b"v/".to_vec();
         prefix.extend_from_slice(&be(volume));
         prefix.push(b'/');
@@ -1215,14 +1216,22 @@ impl StateMachine for FsMachine {
         }
     }
 
+    /// Replica-set changes come from the node that orchestrates them
+    /// (`holdfast volume add-replica`/`remove-replica`): a new replica joins
+    /// as a learner, is promoted once it caught up, and a replica leaves by
+    /// removal. Anything else is refused, alike on every replica.
     fn check_conf_change(
         &mut self,
         _index: u64,
-        _cc: &raft::prelude::ConfChange,
+        cc: &raft::prelude::ConfChange,
         _batch: &mut Batch,
     ) -> bool {
-        // Replica-set changes of volumes are not proposed yet.
-        false
+        use raft::prelude::ConfChangeType as T;
+        cc.node_id != 0
+            && matches!(
+                cc.get_change_type(),
+                T::AddNode | T::AddLearnerNode | T::RemoveNode
+            )
     }
 
     /// Pins the applied state (an engine snapshot, which costs nothing

@@ -151,9 +151,7 @@ pub struct LogStore {
 
 impl LogStore {
     fn open(engine: Arc<dyn Engine>, group: u64) -> Result<Self, GroupError> {
-        let mut prefix = b"r/".to_vec();
-        prefix.extend_from_slice(&group.to_be_bytes());
-        prefix.push(b'/');
+        let prefix = prefix_of(group);
         let mut hard_state = HardState::default();
         if let Some(b) = engine.get(&key(&prefix, b"hs"))? {
             hard_state = HardState::parse_from_bytes(&b).map_err(|e| corrupt("hard state", e))?;
@@ -560,6 +558,14 @@ impl<S: StateMachine> std::fmt::Debug for RaftGroup<S> {
             .field("status", &self.status())
             .finish()
     }
+}
+
+/// Where group `group` keeps its log and Raft state in the engine.
+pub fn prefix_of(group: u64) -> Vec<u8> {
+    let mut prefix = b"r/".to_vec();
+    prefix.extend_from_slice(&group.to_be_bytes());
+    prefix.push(b'/');
+    prefix
 }
 
 /// Whether `engine` holds any state of group `group`.

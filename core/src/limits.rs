@@ -164,6 +164,11 @@ pub const PLUGIN_TABLE_ELEMENTS_MAX: usize = 100_000;
 pub const PLUGIN_COMPONENT_BYTES_MAX: usize = 64 << 20;
 /// Plugins installed on a cluster (names, each with two versions kept).
 pub const PLUGINS_MAX: usize = 256;
+/// How long `volume add-replica`/`remove-replica` work at a change before
+/// they give up (the command can be run again; each step is idempotent).
+pub const VOLUME_REPLICA_CHANGE_MS: u64 = 30 * 60 * 1000;
+/// A learner this close to the leader's commit index is promoted to voter.
+pub const VOLUME_PROMOTE_LAG_ENTRIES: u64 = 64;
 /// Plugin names ever used in a cluster (their version counters are kept).
 pub const PLUGIN_NAMES_MAX: usize = 1024;
 /// The encoded plugin records (settings, not components) in the metadata,

@@ -146,8 +146,15 @@ pub struct PluginVersion {
 pub struct VolumeRecord {
     pub id: u64,
     pub name: String,
-    /// Node ids holding a replica; they form the volume's consensus group.
+    /// Node ids holding a replica, or about to (an added replica is listed
+    /// here before its volume group admits it, and a removed one after its
+    /// group let it go).
     pub replicas: Vec<u64>,
+    /// The replicas that write the volume's first state themselves when
+    /// they first open it; a replica added later receives that state from
+    /// the leader instead (writing it would let a stale configuration
+    /// campaign). A removed replica leaves this list for good.
+    pub bootstrap: Vec<u64>,
     pub created_ms: u64,
 }
 
@@ -247,6 +254,18 @@ pub enum Command {
     RollbackPlugin {
         name: String,
     },
+    /// Lists data node `node` as a replica of `volume`, before its volume
+    /// group admits it.
+    AddVolumeReplica {
+        volume: u64,
+        node: u64,
+    },
+    /// Takes `node` off `volume`'s replicas, after its volume group let it
+    /// go; the node then deletes its copy.
+    RemoveVolumeReplica {
+        volume: u64,
+        node: u64,
+    },
     RemovePlugin {
         name: String,
     },
@@ -312,6 +331,7 @@ pub enum Outcome {
     VolumeCreated { id: u64 },
     Joined { id: u64 },
     Removed { id: u64 },
+    VolumeReplicasChanged { replicas: Vec<u64> },
     PluginInstalled { version: u64 },
     PluginRolledBack { version: u64 },
     PluginRemoved,
@@ -442,6 +462,7 @@ impl MetaMachine {
                     VolumeRecord {
                         id,
                         name,
+                        bootstrap: chosen.clone(),
                         replicas: chosen,
                         created_ms: now_ms,
                     },
@@ -453,6 +474,45 @@ impl MetaMachine {
                 world,
                 version,
             } => self.install_plugin(name, world, version),
+            Command::AddVolumeReplica { volume, node } => {
+                let st = &self.state;
+                let v = st.volumes.get(&volume).ok_or("no such volume")?;
+                match st.nodes.get(&node) {
+                    Some(n) if n.role == Role::Voter => {}
+                    Some(n) => {
+                        return Err(format!(
+                            "{} is a {} node; only data (voter) nodes hold replicas",
+                            n.name,
+                            n.role.as_str()
+                        ))
+                    }
+                    None => return Err("no such node".into()),
+                }
+                if !v.replicas.contains(&node) {
+                    let st = Arc::make_mut(&mut self.state);
+                    let v = st.volumes.get_mut(&volume).ok_or("no such volume")?;
+                    v.replicas.push(node);
+                    v.replicas.sort_unstable();
+                }
+                Ok(Outcome::VolumeReplicasChanged {
+                    replicas: self.state.volumes[&volume].replicas.clone(),
+                })
+            }
+            Command::RemoveVolumeReplica { volume, node } => {
+                let v = self.state.volumes.get(&volume).ok_or("no such volume")?;
+                if v.replicas.contains(&node) {
+                    if v.replicas.len() <= 1 {
+                        return Err("cannot remove the last replica of a volume".into());
+                    }
+                    let st = Arc::make_mut(&mut self.state);
+                    let v = st.volumes.get_mut(&volume).ok_or("no such volume")?;
+                    v.replicas.retain(|&n| n != node);
+                    v.bootstrap.retain(|&n| n != node);
+                }
+                Ok(Outcome::VolumeReplicasChanged {
+                    replicas: self.state.volumes[&volume].replicas.clone(),
+                })
+            }
             Command::RollbackPlugin { name } => {
                 let st = Arc::make_mut(&mut self.state);
                 let p = st

@@ -53,6 +53,14 @@ pub enum BlobReply {
 pub enum VolRequest {
     /// Replicate a change. Only the leader takes it.
     Op { volume: u64, op: FsOp },
+    /// Changes the volume group's replica set. Only the leader takes it,
+    /// and answers once the change is proposed; whether it took effect
+    /// shows in `Status` (`voters`, `learners`).
+    ChangeReplica {
+        volume: u64,
+        node: u64,
+        change: ReplicaChange,
+    },
     /// A linearizable read. Only the leader answers it.
     Read { volume: u64, read: FsRead },
     /// This replica's progress (any replica answers).
@@ -118,6 +126,15 @@ pub enum ReadReply {
     Stats(Stats),
 }
 
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ReplicaChange {
+    /// Admit as a learner: it receives the log and does not vote.
+    AddLearner,
+    /// Make a learner that caught up a voter.
+    Promote,
+    Remove,
+}
+
 /// A replica's view of its volume group.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ReplicaStatus {
@@ -130,6 +147,9 @@ pub struct ReplicaStatus {
     /// Bytes fetched by resyncs since the node started, and resyncs done.
     pub resync_bytes_fetched: u64,
     pub resyncs: u64,
+    /// The group's configuration as this replica applied it.
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -156,6 +176,8 @@ pub enum VolReply {
     /// This node cannot serve the volume now (not a replica, busy, or
     /// stopping). Try another replica.
     Unavailable(String),
+    /// A replica-set change was proposed (or was already in effect).
+    Accepted,
 }
 
 /// Sent by a node that has no certificate yet, over an unauthenticated

@@ -193,6 +193,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/volumes", post(create_volume).get(list_volumes))
         .route("/api/v1/volumes/{name}", get(volume_status))
         .route("/api/v1/volumes/{name}/digests", get(volume_digests))
+        .route("/api/v1/volumes/{name}/replicas/add", post(add_replica))
+        .route(
+            "/api/v1/volumes/{name}/replicas/remove",
+            post(remove_replica),
+        )
         .route("/api/v1/mounts", post(mount).get(list_mounts))
         .route("/api/v1/mounts/unmount", post(umount))
         .route("/api/v1/plugins", get(list_plugins))
@@ -495,6 +500,68 @@ async fn list_volumes(State(st): State<ApiState>) -> Json<Vec<VolumeInfo>> {
             .map(|v| volume_info(&meta, v))
             .collect(),
     )
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplicaRequest {
+    node: String,
+}
+
+/// The volume and node a replica change names.
+fn replica_target(st: &ApiState, volume: &str, body: &[u8]) -> Result<(u64, u64), ApiError> {
+    let req: ReplicaRequest = parse_body(body)?;
+    let meta = st.driver.shared().meta;
+    let vol = meta
+        .volume_by_name(volume)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no volume named {volume:?}")))?;
+    let node = meta.node_by_name(&req.node).ok_or_else(|| {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no node named {:?}", req.node),
+        )
+    })?;
+    Ok((vol.id, node.id))
+}
+
+impl From<crate::volume::ReplicaChangeError> for ApiError {
+    fn from(e: crate::volume::ReplicaChangeError) -> Self {
+        use crate::volume::ReplicaChangeError as E;
+        match e {
+            E::Invalid(m) => ApiError(StatusCode::CONFLICT, m),
+            E::Unavailable(m) => ApiError(StatusCode::SERVICE_UNAVAILABLE, m),
+        }
+    }
+}
+
+/// The volume as `volume list` shows it, after a change.
+fn changed_volume(st: &ApiState, id: u64) -> Result<Json<VolumeInfo>, ApiError> {
+    let meta = st.driver.shared().meta;
+    let v = meta
+        .volumes
+        .get(&id)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, "the volume is gone".into()))?;
+    Ok(Json(volume_info(&meta, v)))
+}
+
+async fn add_replica(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<VolumeInfo>, ApiError> {
+    let (volume, node) = replica_target(&st, &name, &body)?;
+    st.volumes.add_replica(volume, node).await?;
+    changed_volume(&st, volume)
+}
+
+async fn remove_replica(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Json<VolumeInfo>, ApiError> {
+    let (volume, node) = replica_target(&st, &name, &body)?;
+    st.volumes.remove_replica(volume, node).await?;
+    changed_volume(&st, volume)
 }
 
 async fn volume_status(

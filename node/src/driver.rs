@@ -24,7 +24,7 @@ use holdfast_core::meta::{
     Change, Command, ConfContext, MetaEvent, MetaMachine, MetaState, Outcome, Proposal, META_GROUP,
 };
 use holdfast_core::resync::PullStats;
-use holdfast_core::wire::{self, PeerMsg, ReplicaStatus, VolReply};
+use holdfast_core::wire::{self, PeerMsg, ReplicaChange, ReplicaStatus, VolReply};
 use holdfast_core::{RaftMessage, StateRole};
 use holdfast_storage::Engine;
 use holdfast_transport::Transport;
@@ -83,6 +83,12 @@ pub enum Input {
         volume: u64,
         reply: oneshot::Sender<VolReply>,
     },
+    VolChange {
+        volume: u64,
+        node: u64,
+        change: ReplicaChange,
+        reply: oneshot::Sender<VolReply>,
+    },
     /// The local replica's applied index and a reader of it, unsynchronised.
     VolView {
         volume: u64,
@@ -107,6 +113,7 @@ impl std::fmt::Debug for Input {
             Input::FsOp { volume, .. } => write!(f, "FsOp({volume})"),
             Input::FsRead { volume, .. } => write!(f, "FsRead({volume})"),
             Input::VolStatus { volume, .. } => write!(f, "VolStatus({volume})"),
+            Input::VolChange { volume, node, .. } => write!(f, "VolChange({volume}, {node})"),
             Input::VolView { volume, .. } => write!(f, "VolView({volume})"),
             Input::ResyncDone { volume, index, .. } => write!(f, "ResyncDone({volume}, {index})"),
             Input::Shutdown => f.write_str("Shutdown"),
@@ -244,6 +251,17 @@ impl DriverHandle {
     pub async fn vol_status(&self, volume: u64) -> VolReply {
         let (reply, rx) = oneshot::channel();
         self.ask(Input::VolStatus { volume, reply }, rx).await
+    }
+
+    pub async fn vol_change(&self, volume: u64, node: u64, change: ReplicaChange) -> VolReply {
+        let (reply, rx) = oneshot::channel();
+        let input = Input::VolChange {
+            volume,
+            node,
+            change,
+            reply,
+        };
+        self.ask(input, rx).await
     }
 
     async fn ask(&self, input: Input, rx: oneshot::Receiver<VolReply>) -> VolReply {
@@ -441,6 +459,55 @@ impl DriverStarter {
 
 /// `Break::AckBeforeQuorum`: proposes the writes this leader acknowledged
 /// since the last tick, or forgets them if it no longer leads.
+/// Proposes one step of a replica-set change on the volume leader, or
+/// answers that it is in effect already. The leader does not remove itself:
+/// it hands the leadership on, and the caller asks the new leader.
+fn change_replica(
+    g: &mut RaftGroup<FsMachine>,
+    me: u64,
+    node: u64,
+    change: ReplicaChange,
+) -> Result<VolReply, GroupError> {
+    use raft::prelude::{ConfChange, ConfChangeType as T};
+    let st = g.status();
+    if st.role != StateRole::Leader {
+        return Ok(VolReply::NotLeader { leader: st.leader });
+    }
+    let (voter, learner) = (st.voters.contains(&node), st.learners.contains(&node));
+    let kind = match change {
+        ReplicaChange::AddLearner if voter || learner => return Ok(VolReply::Accepted),
+        ReplicaChange::AddLearner => T::AddLearnerNode,
+        ReplicaChange::Promote if voter => return Ok(VolReply::Accepted),
+        ReplicaChange::Promote if !learner => {
+            return Ok(VolReply::Unavailable("not a learner of this volume".into()))
+        }
+        ReplicaChange::Promote => T::AddNode,
+        ReplicaChange::Remove if !voter && !learner => return Ok(VolReply::Accepted),
+        ReplicaChange::Remove if node == me => {
+            return Ok(if g.transfer_leadership_away()? {
+                VolReply::NotLeader { leader: None }
+            } else {
+                VolReply::Unavailable("no other replica can lead this volume".into())
+            });
+        }
+        ReplicaChange::Remove => T::RemoveNode,
+    };
+    let mut cc = ConfChange {
+        node_id: node,
+        ..Default::default()
+    };
+    cc.set_change_type(kind);
+    match g.propose_conf_change(cc) {
+        Ok(()) => {
+            tracing::info!(volume = g.id(), node, ?change, "proposed a replica change");
+            Ok(VolReply::Accepted)
+        }
+        // Another change is still being applied, or leadership moved.
+        Err(GroupError::Raft(e)) => Ok(VolReply::Unavailable(format!("change not taken now: {e}"))),
+        Err(fatal) => Err(fatal),
+    }
+}
+
 fn propose_acked_early(v: &mut Volume) -> Result<(), GroupError> {
     if v.acked_early.is_empty() {
         return Ok(());
@@ -681,8 +748,23 @@ impl Driver {
                                 .map_or(0, |r| r.left.load(Ordering::Relaxed)),
                             resync_bytes_fetched: v.resync_fetched,
                             resyncs: v.resyncs,
+                            voters: st.voters,
+                            learners: st.learners,
                         })
                     }
+                    None => VolReply::Unavailable("not a replica of this volume".into()),
+                };
+                let _ = reply.send(r);
+            }
+            Input::VolChange {
+                volume,
+                node,
+                change,
+                reply,
+            } => {
+                let me = self.meta.id();
+                let r = match self.volumes.get_mut(&volume) {
+                    Some(v) => change_replica(&mut v.group, me, node, change)?,
                     None => VolReply::Unavailable("not a replica of this volume".into()),
                 };
                 let _ = reply.send(r);
@@ -948,20 +1030,48 @@ impl Driver {
         }
     }
 
-    /// Opens (bootstrapping if new) every volume this node replicates.
+    /// Opens (bootstrapping if new) every volume this node replicates, and
+    /// closes and deletes the copies of volumes it no longer replicates.
     fn open_volumes(&mut self) -> Result<(), GroupError> {
         let meta = self.meta.state_machine().state();
         let me = self.meta.id();
+        let gone: Vec<u64> = self
+            .volumes
+            .keys()
+            .copied()
+            .filter(|id| {
+                !meta
+                    .volumes
+                    .get(id)
+                    .is_some_and(|v| v.replicas.contains(&me))
+            })
+            .collect();
+        for id in gone {
+            self.volumes.remove(&id);
+            let mut b = holdfast_storage::Batch::new();
+            for prefix in [
+                group::prefix_of(id),
+                FsMachine::prefix_of(id),
+                holdfast_core::resync::staging_prefix(id),
+            ] {
+                let end = holdfast_storage::prefix_end(&prefix).unwrap_or_default();
+                b.delete_range(prefix, end);
+            }
+            self.engine.write(b, true)?;
+            tracing::info!(volume = id, "no longer a replica: deleted the local copy");
+        }
         for vol in meta.volumes.values().filter(|v| v.replicas.contains(&me)) {
             if self.volumes.contains_key(&vol.id) {
                 continue;
             }
-            if !group::exists(self.engine.clone(), vol.id)? {
+            // A replica added after the volume was made starts empty and
+            // receives the state from the leader.
+            if vol.bootstrap.contains(&me) && !group::exists(self.engine.clone(), vol.id)? {
                 let created_ns = vol.created_ms as i64 * 1_000_000;
                 group::bootstrap(
                     self.engine.clone(),
                     vol.id,
-                    &vol.replicas,
+                    &vol.bootstrap,
                     FsMachine::initial_batch(vol.id, created_ns),
                 )?;
             }
@@ -1046,10 +1156,16 @@ impl Driver {
                 Output::ReadIndex { .. } => {}
             }
         }
+        let listed = |id: &u64| {
+            meta.volumes
+                .get(id)
+                .is_some_and(|v| v.replicas.contains(&me))
+        };
         if meta
             .volumes
             .values()
             .any(|v| v.replicas.contains(&me) && !self.volumes.contains_key(&v.id))
+            || self.volumes.keys().any(|id| !listed(id))
         {
             self.open_volumes()?;
         }

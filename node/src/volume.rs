@@ -10,11 +10,14 @@ use std::time::{Duration, Instant};
 
 use holdfast_core::fs::{Errno, FsOp, FsReply, FsView};
 use holdfast_core::limits;
-use holdfast_core::wire::{self, FsRead, PeerMsg, ReadReply, ReplicaStatus, VolReply, VolRequest};
+use holdfast_core::meta::Command;
+use holdfast_core::wire::{
+    self, FsRead, PeerMsg, ReadReply, ReplicaChange, ReplicaStatus, VolReply, VolRequest,
+};
 use holdfast_transport::{Transport, TransportError};
 use serde_bytes::ByteBuf;
 
-use crate::driver::DriverHandle;
+use crate::driver::{DriverHandle, ProposeError};
 use crate::faults::{broken, Break};
 
 /// Answers `req` from this node's replica.
@@ -26,6 +29,11 @@ pub async fn serve_local(driver: &DriverHandle, req: VolRequest) -> VolReply {
             Err(reply) => reply,
         },
         VolRequest::Status { volume } => driver.vol_status(volume).await,
+        VolRequest::ChangeReplica {
+            volume,
+            node,
+            change,
+        } => driver.vol_change(volume, node, change).await,
         VolRequest::Digest { volume } => driver.vol_digest(volume).await,
         VolRequest::SnapshotManifest {
             volume,
@@ -86,6 +94,8 @@ fn retry_is_safe(req: &VolRequest) -> bool {
     match req {
         VolRequest::Read { .. }
         | VolRequest::Status { .. }
+        // The leader checks its configuration first: a repeat is a no-op.
+        | VolRequest::ChangeReplica { .. }
         | VolRequest::Digest { .. }
         | VolRequest::SnapshotManifest { .. }
         | VolRequest::SnapshotValues { .. } => true,
@@ -107,6 +117,15 @@ pub fn do_read(view: &FsView, read: FsRead) -> Result<ReadReply, Errno> {
         FsRead::ListXattr { ino } => ReadReply::Names(view.listxattr(ino)?),
         FsRead::Stats => ReadReply::Stats(view.stats()?),
     })
+}
+
+/// Why a replica-set change did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicaChangeError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Routes volume requests to leaders.
@@ -271,6 +290,123 @@ impl Volumes {
         match self.call(volume, VolRequest::Read { volume, read }).await? {
             VolReply::Read(r) => r,
             _ => Err(libc::EIO),
+        }
+    }
+
+    /// The leader's view of `volume`'s group, after a request it answered.
+    async fn leader_status(&self, volume: u64) -> Option<ReplicaStatus> {
+        let leader = self
+            .leaders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&volume)
+            .copied()?;
+        self.replica_status(volume, leader)
+            .await
+            .filter(|s| s.leader == Some(leader))
+    }
+
+    /// Asks the leader of `volume` for one step of a replica-set change.
+    async fn change(&self, volume: u64, node: u64, change: ReplicaChange) -> Result<(), String> {
+        let req = VolRequest::ChangeReplica {
+            volume,
+            node,
+            change,
+        };
+        match self.call(volume, req).await {
+            Ok(VolReply::Accepted) => Ok(()),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(_) => Err("no leader of the volume answered".into()),
+        }
+    }
+
+    /// Makes `node` a replica of `volume`: listed in the metadata, admitted
+    /// to the volume group as a learner, and promoted to voter once it has
+    /// caught up (by log or by resync), so that a new replica never counts
+    /// towards the quorum before it holds the data.
+    pub async fn add_replica(&self, volume: u64, node: u64) -> Result<(), ReplicaChangeError> {
+        use ReplicaChangeError as E;
+        match self
+            .driver
+            .propose(Command::AddVolumeReplica { volume, node })
+            .await
+        {
+            Ok(_) => {}
+            Err(ProposeError::Refused(e)) => return Err(E::Invalid(e)),
+            Err(e) => return Err(E::Unavailable(e.to_string())),
+        }
+        let deadline = Instant::now() + Duration::from_millis(limits::VOLUME_REPLICA_CHANGE_MS);
+        let mut last = String::from("no answer yet");
+        while Instant::now() < deadline {
+            match self.change(volume, node, ReplicaChange::AddLearner).await {
+                Ok(()) => match self.leader_status(volume).await {
+                    Some(s) if s.voters.contains(&node) => return Ok(()),
+                    Some(s) if s.learners.contains(&node) => {
+                        let caught_up = self.replica_status(volume, node).await.is_some_and(|n| {
+                            n.applied > 0
+                                && n.resync_bytes_left == 0
+                                && n.applied + limits::VOLUME_PROMOTE_LAG_ENTRIES >= s.commit
+                        });
+                        if caught_up {
+                            if let Err(e) = self.change(volume, node, ReplicaChange::Promote).await
+                            {
+                                last = e;
+                            }
+                        } else {
+                            last = "the new replica is still catching up".into();
+                        }
+                    }
+                    _ => last = "the change is not applied yet".into(),
+                },
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Err(E::Unavailable(format!(
+            "the replica was not admitted in time ({last}); run the command again to go on"
+        )))
+    }
+
+    /// Takes `node` out of `volume`'s group (the leader hands on the
+    /// leadership first if it is the one leaving), then off the metadata;
+    /// the node then deletes its copy.
+    pub async fn remove_replica(&self, volume: u64, node: u64) -> Result<(), ReplicaChangeError> {
+        use ReplicaChangeError as E;
+        let replicas = self
+            .replicas(volume)
+            .map_err(|_| E::Invalid("no such volume".into()))?;
+        if replicas == [node] {
+            return Err(E::Invalid(
+                "cannot remove the last replica of a volume".into(),
+            ));
+        }
+        let deadline = Instant::now() + Duration::from_millis(limits::VOLUME_REPLICA_CHANGE_MS);
+        let mut last = String::from("no answer yet");
+        loop {
+            if Instant::now() >= deadline {
+                return Err(E::Unavailable(format!(
+                    "the replica was not let go in time ({last}); run the command again to go on"
+                )));
+            }
+            match self.change(volume, node, ReplicaChange::Remove).await {
+                Ok(()) => match self.leader_status(volume).await {
+                    Some(s) if !s.voters.contains(&node) && !s.learners.contains(&node) => break,
+                    _ => last = "the change is not applied yet".into(),
+                },
+                Err(e) => last = e,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        match self
+            .driver
+            .propose(Command::RemoveVolumeReplica { volume, node })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(ProposeError::Refused(e)) => Err(E::Invalid(e)),
+            Err(e) => Err(E::Unavailable(format!(
+                "left the volume group, but the metadata change failed ({e}); run the command again"
+            ))),
         }
     }
 
