@@ -36,9 +36,13 @@ pub enum Kind {
     /// A replica stopped, data written, and the replica killed again while
     /// it catches up.
     KillDuringResync,
+    /// A replica (the leader half the time) removed from the volume, which
+    /// its node then deletes, and added back: it copies the volume again by
+    /// resync as a learner and votes once caught up.
+    Membership,
 }
 
-pub const ALL: [Kind; 9] = [
+pub const ALL: [Kind; 10] = [
     Kind::Isolate,
     Kind::MajorityMinority,
     Kind::OneWay,
@@ -48,6 +52,7 @@ pub const ALL: [Kind; 9] = [
     Kind::FullDisk,
     Kind::CleanRestart,
     Kind::KillDuringResync,
+    Kind::Membership,
 ];
 
 pub struct Nemesis<'a> {
@@ -121,6 +126,35 @@ impl Nemesis<'_> {
         self.cluster.nodes[i].restart();
         self.cluster.wait_api(i);
         self.history.nemesis(&format!("{} restarted", self.name(i)));
+    }
+
+    /// Runs `volume ACTION web NODE` through node `via` until it succeeds.
+    /// Each step of a change is idempotent, so a try cut short is finished
+    /// by the next.
+    fn change_replica(&mut self, via: usize, action: &str, node: usize) {
+        let name = self.name(node);
+        self.history
+            .nemesis(&format!("volume {action} {VOLUME} {name}"));
+        let cluster = &*self.cluster;
+        let history = self.history;
+        wait_until(
+            &format!("volume {action} {VOLUME} {name}"),
+            Duration::from_secs(300),
+            || {
+                let o = cluster.cli(via, &["volume", action, VOLUME, &name]);
+                if o.status.success() {
+                    return Some(());
+                }
+                history.nemesis(&format!(
+                    "volume {action} failed, trying again: {}",
+                    holdfast_tests::stderr(&o).trim()
+                ));
+                std::thread::sleep(Duration::from_secs(1));
+                None
+            },
+        );
+        self.history
+            .nemesis(&format!("volume {action} {VOLUME} {name}: done"));
     }
 
     fn inject(&mut self, kind: Kind) {
@@ -240,6 +274,17 @@ impl Nemesis<'_> {
                 assert!(status.success(), "{} stopped with {status}", self.name(i));
                 self.hold();
                 self.restart(i);
+            }
+            Kind::Membership => {
+                let i = if self.rng.gen_bool(0.5) {
+                    self.leader()
+                } else {
+                    self.rng.gen_range(0..n)
+                };
+                let via = (i + 1 + self.rng.gen_range(0..n - 1)) % n;
+                self.change_replica(via, "remove-replica", i);
+                self.hold();
+                self.change_replica(via, "add-replica", i);
             }
             Kind::KillDuringResync => {
                 let leader = self.leader();
