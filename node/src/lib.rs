@@ -443,6 +443,7 @@ async fn run(
     let converger = tokio::spawn(plugins.clone().run());
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry, transport.metrics());
+    registry.register_collector(Box::new(metrics::PluginMetrics(plugins.host.clone())));
     let volumes = Arc::new(volume::Volumes::new(handle.clone(), transport.clone(), me));
     let mounts = Arc::new(mounts::Mounts::new(
         dir.clone(),

@@ -98,3 +98,84 @@ impl Metrics {
         );
     }
 }
+
+/// Per-plugin metrics of this node's plugin host, read at each scrape:
+/// calls, traps, timeouts, built-in decisions served, quarantine state, and
+/// the call latency histogram, labelled `plugin`.
+#[derive(Debug)]
+pub struct PluginMetrics(pub std::sync::Arc<holdfast_plugin::PluginHost>);
+
+impl prometheus_client::collector::Collector for PluginMetrics {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder<'_>,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::MetricType;
+        let plugins: Vec<_> = self
+            .0
+            .list()
+            .into_iter()
+            .filter_map(|s| Some((s.name.clone(), s.state, self.0.metrics(&s.name)?)))
+            .collect();
+        type Pick = fn(&holdfast_plugin::MetricsSnapshot) -> u64;
+        let counters: [(&str, &str, Pick); 4] = [
+            (
+                "holdfast_plugin_calls",
+                "Plugin calls that ran plugin code",
+                |m| m.calls,
+            ),
+            ("holdfast_plugin_traps", "Plugin calls that trapped", |m| {
+                m.traps
+            }),
+            (
+                "holdfast_plugin_timeouts",
+                "Plugin calls stopped at their deadline",
+                |m| m.timeouts,
+            ),
+            (
+                "holdfast_plugin_defaults_served",
+                "Calls answered by the built-in decision (fail open)",
+                |m| m.defaults_served,
+            ),
+        ];
+        for (name, help, pick) in counters {
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            for (plugin, _, m) in &plugins {
+                let labels = label("plugin", plugin);
+                family
+                    .encode_family(&labels)?
+                    .encode_counter::<Labels, u64, f64>(&pick(m), None)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "holdfast_plugin_quarantined",
+            "1 while the plugin is quarantined on this node",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (plugin, state, _) in &plugins {
+            let q = i64::from(*state == holdfast_plugin::PluginState::Quarantined);
+            family
+                .encode_family(&label("plugin", plugin))?
+                .encode_gauge(&q)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "holdfast_plugin_call_seconds",
+            "Plugin call latency",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (plugin, _, m) in &plugins {
+            let bounds = holdfast_plugin::LATENCY_BUCKETS_NS
+                .iter()
+                .map(|&ns| ns as f64 / 1e9)
+                .chain(std::iter::once(f64::MAX));
+            let buckets: Vec<(f64, u64)> = bounds.zip(m.latency_buckets.iter().copied()).collect();
+            let count = m.latency_buckets.iter().sum();
+            family
+                .encode_family(&label("plugin", plugin))?
+                .encode_histogram::<Labels>(m.latency_sum_ns as f64 / 1e9, count, &buckets, None)?;
+        }
+        Ok(())
+    }
+}

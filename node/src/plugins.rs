@@ -633,8 +633,13 @@ impl PluginStore {
         {
             return Ok(());
         }
-        for v in std::iter::once(want).chain(rec.previous.as_ref()) {
-            self.ensure_blob(&v.hash, v.bytes, v.origin).await?;
+        self.ensure_blob(&want.hash, want.bytes, want.origin)
+            .await?;
+        if let Some(p) = &rec.previous {
+            // Only a rollback needs it; `apply` loads what it can.
+            if let Err(e) = self.ensure_blob(&p.hash, p.bytes, p.origin).await {
+                tracing::warn!(plugin = %rec.name, version = p.number, error = %e, "cannot fetch the previous version");
+            }
         }
         let (store, rec) = (self.clone(), rec.clone());
         tokio::task::spawn_blocking(move || store.apply(&rec))
@@ -666,10 +671,14 @@ impl PluginStore {
                     {
                         return Ok(());
                     }
-                } else if want.number > newest && install(want).is_ok() {
-                    return Ok(());
+                } else if want.number > newest {
+                    // A hot swap; if it fails, the old version keeps
+                    // serving here and `plugin list` says why.
+                    return install(want);
                 }
             }
+            // Numbers or world this host cannot get to from here (the
+            // name was removed and installed again meanwhile): start over.
             let _ = self.host.remove(&rec.name);
         }
         // Fresh: both versions in the order of their numbers, then a

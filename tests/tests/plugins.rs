@@ -121,6 +121,22 @@ fn a_plugin_installed_through_one_node_runs_on_every_node() {
         }
     }
 
+    // Each node exports its own per-plugin metrics.
+    let metrics = c.metrics(2);
+    let calls: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("holdfast_plugin_calls_total{plugin=\"web\"}"))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or_else(|| panic!("no plugin call counter in:\n{metrics}"));
+    assert!(calls >= 1.0, "{calls}");
+    for needle in [
+        "holdfast_plugin_call_seconds_bucket{le=\"+Inf\",plugin=\"web\"}",
+        "holdfast_plugin_quarantined{plugin=\"web\"} 0",
+        "holdfast_plugin_traps_total{plugin=\"web\"} 0",
+    ] {
+        assert!(metrics.contains(needle), "no {needle} in:\n{metrics}");
+    }
+
     // Hot swap through n2: every node moves to version 2.
     let o = install(&c, 1, "test-tag", "web", &["--config", "tag=v2"]);
     assert!(o.status.success(), "swap: {}", holdfast_tests::stderr(&o));
