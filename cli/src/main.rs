@@ -681,8 +681,9 @@ fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
                     s.bytes_used
                 );
                 outln!(
-                    "{:<16} {:<8} {:>10} {:>8} {:>12}",
+                    "{:<16} {:<8} {:<8} {:>10} {:>8} {:>12}",
                     "REPLICA",
+                    "ROLE",
                     "HEALTH",
                     "APPLIED",
                     "LAG",
@@ -690,8 +691,9 @@ fn volume(cmd: VolumeCmd) -> anyhow::Result<()> {
                 );
                 for r in s.replicas {
                     outln!(
-                        "{:<16} {:<8} {:>10} {:>8} {:>12}",
+                        "{:<16} {:<8} {:<8} {:>10} {:>8} {:>12}",
                         r.node,
+                        r.role,
                         if r.healthy { "healthy" } else { "DOWN" },
                         r.applied_index,
                         r.lag_entries,

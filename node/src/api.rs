@@ -447,6 +447,10 @@ pub struct ReplicaInfo {
     pub resync_bytes_left: u64,
     /// Bytes the replica fetched by resync since its node started.
     pub resync_bytes_fetched: u64,
+    /// In the leader's configuration: `voter`, `learner` (added, still
+    /// catching up), or `joining` (listed, not admitted yet); `unknown`
+    /// without a leader that answered.
+    pub role: String,
 }
 
 fn volume_info(meta: &MetaState, v: &holdfast_core::meta::VolumeRecord) -> VolumeInfo {
@@ -605,6 +609,13 @@ async fn volume_status(
             .map(|n| n.name.clone())
             .unwrap_or_else(|| format!("#{id}"))
     };
+    let conf = leader.and_then(|l| answers.get(&l).cloned().flatten());
+    let role_of = |n: u64| match &conf {
+        Some(c) if c.voters.contains(&n) => "voter",
+        Some(c) if c.learners.contains(&n) => "learner",
+        Some(_) => "joining",
+        None => "unknown",
+    };
     let replicas = vol
         .replicas
         .iter()
@@ -620,6 +631,7 @@ async fn volume_status(
                     .unwrap_or(best),
                 resync_bytes_left: s.as_ref().map_or(0, |s| s.resync_bytes_left),
                 resync_bytes_fetched: s.as_ref().map_or(0, |s| s.resync_bytes_fetched),
+                role: role_of(n).to_string(),
             }
         })
         .collect();

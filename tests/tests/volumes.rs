@@ -865,6 +865,9 @@ fn replicas_are_added_and_removed_while_the_volume_is_written() {
         .cloned()
         .unwrap();
     assert_eq!(new["healthy"], true, "{status}");
+    for r in status["replicas"].as_array().unwrap() {
+        assert_eq!(r["role"], "voter", "{status}");
+    }
     assert!(
         new["resync_bytes_fetched"].as_u64().unwrap() >= 20 << 20,
         "the new replica copied the volume by resync: {status}"
