@@ -1234,6 +1234,12 @@ impl StateMachine for FsMachine {
             )
     }
 
+    /// A replica is added as a learner and promoted once it has caught up
+    /// (`Volumes::add_replica`); a removed replica may be added back empty.
+    fn members_join_as_learners(&self) -> bool {
+        true
+    }
+
     /// Pins the applied state (an engine snapshot, which costs nothing
     /// until the state moves on) and serves it page by page to a replica
     /// that catches up ([`crate::resync`]); the Raft snapshot itself only

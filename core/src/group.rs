@@ -67,6 +67,16 @@ pub trait StateMachine {
     }
     /// Lets go of what [`StateMachine::snapshot`] holds.
     fn release_snapshot(&mut self) {}
+    /// Whether every member joins as a learner and is made a voter only
+    /// once it holds the data. Then a member without a configuration yet
+    /// (opened empty, waiting for its first snapshot) never needs to vote,
+    /// and does not: its id may be that of a member that was removed and
+    /// deleted its log, which a peer with an older configuration still
+    /// counts as a voter. (The metadata group adds voters directly, and a
+    /// new voter's vote may be needed before it has received anything.)
+    fn members_join_as_learners(&self) -> bool {
+        false
+    }
     /// Events produced since the last call.
     fn take_events(&mut self) -> Vec<Self::Event>;
 }
@@ -748,6 +758,31 @@ impl<S: StateMachine> RaftGroup<S> {
     /// raft-rs rejects, are dropped (the sender retries).
     pub fn step(&mut self, msg: Message) -> Result<(), GroupError> {
         if msg.to != self.id() {
+            return Ok(());
+        }
+        let cs = &self.raw.store().conf_state;
+        if self.sm.members_join_as_learners()
+            && cs.voters.is_empty()
+            && cs.learners.is_empty()
+            && matches!(
+                msg.get_msg_type(),
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            )
+        {
+            // Its vote would stand for the log an earlier member with its
+            // id held (found by the volume simulation: a replica removed,
+            // deleted and added back elected a stale leader, and entries
+            // committed before the removal were lost).
+            return Ok(());
+        }
+        if msg.get_msg_type() == MessageType::MsgHeartbeat
+            && msg.commit > self.raw.raft.raft_log.last_index()
+        {
+            // A leader's heartbeat commits no more than this node has
+            // acknowledged. This one was meant for an earlier member with
+            // this id, which had the entries (a volume replica removed,
+            // deleted and added back), and raft-rs panics on it (found by
+            // the volume simulation).
             return Ok(());
         }
         self.heard.insert(msg.from, self.ticks);

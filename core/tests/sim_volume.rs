@@ -9,10 +9,28 @@
 //! node and the requests it was serving are lost, and it re-opens later from
 //! the same engine).
 //!
+//! The replica set changes during the faults, as the node changes it
+//! (`Volumes::add_replica` and `remove_replica` in `node/src/volume.rs`,
+//! `change_replica` and `open_volumes` in `node/src/driver.rs`). The world
+//! has one or two spare nodes that hold no replica. A membership fault
+//! adds a spare or removes a replica (the leader half the time), keeping
+//! between 2 or 3 (per seed) and 5 replicas, one change at a time. An
+//! added node opens an empty group (only the first replicas bootstrap),
+//! the leader admits it as a learner, and it is promoted to voter once its
+//! applied index is within `VOLUME_PROMOTE_LAG_ENTRIES` of the leader's
+//! commit. A leader asked to remove itself hands the leadership on and the
+//! next leader is asked. Once the leader has applied a removal, the removed
+//! node deletes its copy (every key of the group, the volume and the
+//! resync staging area) and is a spare again, which a later fault may add
+//! back. Like the operator re-running the command, the change is asked
+//! again every `CHANGE_EVERY_TICKS` until it is in effect; the asks go
+//! straight to the replica the orchestrator believes leads, without the
+//! network.
+//!
 //! Simulated clients use the volume as the node's router does
 //! (`node/src/volume.rs`, `node/src/driver.rs`): a request goes to the
 //! replica believed to lead; "not leader" answers are followed to the hint
-//! or to the next replica; an attempt with no answer within
+//! or to the next of the current replicas; an attempt with no answer within
 //! `VOLUME_ATTEMPT_MS` is repeated elsewhere when repeating is safe, and a
 //! call gives up after `VOLUME_WAIT_MS`. The leader proposes an
 //! [`FsProposal`] and answers with the `FsEvent::Done` result of that
@@ -44,7 +62,9 @@
 //! read-back, or a write and a read), every acknowledged record present,
 //! in order, byte for byte on every replica (`append::check`), the register
 //! history linearizable, and every replica at the same applied index with
-//! the same `FsView::digest`.
+//! the same `FsView::digest`. The final checks are of the current replicas,
+//! whose voters must be exactly the replicas the orchestrator lists; a
+//! removed node's copy is gone.
 //!
 //! Everything is ordered (`BTreeMap`, `Vec`), nothing reads a clock or
 //! spawns a thread, and all randomness comes from one seeded generator, so a
@@ -71,8 +91,9 @@ use std::sync::Arc;
 use holdfast_check::{append, register};
 use holdfast_core::fs::{FsEvent, FsMachine, FsOp, FsProposal, FsReply, FsResult, Ino, ROOT_INO};
 use holdfast_core::group::{bootstrap, GroupError, GroupStatus, Output, RaftGroup};
-use holdfast_core::{limits, resync, wire, RaftMessage, StateRole};
+use holdfast_core::{limits, resync, wire, ConfChange, RaftMessage, StateRole};
 use holdfast_storage::{prefix_end, Batch, Engine, MemEngine};
+use raft::prelude::ConfChangeType;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sim_common::{chance, pick};
@@ -113,6 +134,11 @@ const READ_BYTES_MAX: usize = limits::FS_READ_BYTES_MAX;
 const SAMPLE_TICKS: u64 = 20;
 /// Lines of the world's log kept for a failure report.
 const LOG_LINES_MAX: usize = 40;
+/// The most replicas a volume has (a cluster has at most five hosts).
+const REPLICAS_MAX: usize = 5;
+/// Ticks between two asks of a replica-set change (the 200 ms the node's
+/// `add_replica` and `remove_replica` sleep between attempts).
+const CHANGE_EVERY_TICKS: u64 = 2;
 
 // ---------------------------------------------------------------------------
 // Faults and modes
@@ -132,6 +158,12 @@ struct Faults {
     partition_permille: u32,
     /// A client waits 0..=this many steps between calls.
     think_steps_max: u64,
+    /// Chance per tick that a replica-set change starts (if none is under
+    /// way).
+    membership_permille: u32,
+    /// The fewest replicas a removal leaves: 2 still has a majority, 3
+    /// survives a crash.
+    replicas_min: usize,
 }
 
 impl Faults {
@@ -146,6 +178,8 @@ impl Faults {
             crashed_max: pick(rng, &[replicas / 2, replicas / 2, replicas]),
             partition_permille: pick(rng, &[0, 5, 15]),
             think_steps_max: pick(rng, &[0, 5, 30]),
+            membership_permille: pick(rng, &[0, 10, 30]),
+            replicas_min: pick(rng, &[2, 3]),
         }
     }
 
@@ -159,6 +193,9 @@ impl Faults {
             crashed_max: 0,
             partition_permille: 0,
             think_steps_max: self.think_steps_max,
+            // A change under way is finished; no new one starts.
+            membership_permille: 0,
+            replicas_min: self.replicas_min,
         }
     }
 }
@@ -333,6 +370,36 @@ struct Client {
     wake_at: u64,
     /// Calls still to make in the final phase.
     final_left: u32,
+}
+
+// ---------------------------------------------------------------------------
+// Replica-set changes
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ChangeKind {
+    /// A spare joins: it opens an empty group, is admitted as a learner,
+    /// and is promoted to voter once it has caught up.
+    Add,
+    /// A replica leaves the group, then deletes its copy.
+    Remove,
+}
+
+/// The replica-set change under way, asked of the replica believed to lead
+/// until it is in effect, as the node's `Volumes` does.
+#[derive(Debug, Clone, Copy)]
+struct Change {
+    kind: ChangeKind,
+    node: u64,
+    /// Who is asked next, and the turn among the replicas after a "not
+    /// leader" with no hint.
+    target: u64,
+    turn: usize,
+    /// The tick of the next ask, and the tick the change started.
+    next_at: u64,
+    started: u64,
+    /// The node leaving was asked while it led, and handed the leadership
+    /// on.
+    led: bool,
 }
 
 // ---------------------------------------------------------------------------
@@ -535,6 +602,12 @@ struct Stats {
     /// fetched for them.
     resyncs: u64,
     resync_bytes: u64,
+    /// Replica-set changes completed: spares added (and promoted to
+    /// voter), replicas removed, and of those the leader, which handed the
+    /// leadership on first.
+    replicas_added: u64,
+    replicas_removed: u64,
+    leaders_removed: u64,
 }
 
 impl Stats {
@@ -559,6 +632,9 @@ impl Stats {
         self.heal_ticks = self.heal_ticks.max(o.heal_ticks);
         self.resyncs += o.resyncs;
         self.resync_bytes += o.resync_bytes;
+        self.replicas_added += o.replicas_added;
+        self.replicas_removed += o.replicas_removed;
+        self.leaders_removed += o.leaders_removed;
     }
 }
 
@@ -582,8 +658,12 @@ struct World {
     faults: Faults,
     phase: Phase,
     step: u64,
+    /// The nodes that hold a replica, in order (the metadata's list, which
+    /// clients route by): the group's members and a node being added.
+    /// Every other node is a spare and holds nothing of the volume.
     replicas: Vec<u64>,
     nodes: BTreeMap<u64, SimNode>,
+    change: Option<Change>,
     /// Messages in flight by (delivery step, sequence number).
     queue: BTreeMap<(u64, u64), Net>,
     seq: u64,
@@ -611,15 +691,19 @@ impl World {
         let appenders = rng.gen_range(1..=3usize);
         let registers = rng.gen_range(2..=5usize);
         let keys = rng.gen_range(1..=3usize);
+        let spares = rng.gen_range(1..=2u64);
         let lay = layout(appenders, keys)?;
         let replicas: Vec<u64> = (1..=n as u64).collect();
         let mut nodes = BTreeMap::new();
-        for id in &replicas {
+        for id in 1..=n as u64 + spares {
             let engine = Arc::new(MemEngine::new());
-            bootstrap(engine.clone(), VOLUME, &replicas, lay.batch.clone())
-                .map_err(|e| format!("bootstrap n{id}: {e}"))?;
+            // Only the volume's first replicas write its first state.
+            if replicas.contains(&id) {
+                bootstrap(engine.clone(), VOLUME, &replicas, lay.batch.clone())
+                    .map_err(|e| format!("bootstrap n{id}: {e}"))?;
+            }
             nodes.insert(
-                *id,
+                id,
                 SimNode {
                     engine,
                     group: None,
@@ -663,6 +747,7 @@ impl World {
             step: 0,
             replicas: replicas.clone(),
             nodes,
+            change: None,
             queue: BTreeMap::new(),
             seq: 0,
             partition: None,
@@ -682,7 +767,7 @@ impl World {
             },
         };
         w.note(format!(
-            "{n} replicas, {appenders} append clients, {registers} register clients on {keys} keys, faults {:?}",
+            "{n} replicas, {spares} spares, {appenders} append clients, {registers} register clients on {keys} keys, faults {:?}",
             w.faults
         ));
         for id in replicas {
@@ -711,12 +796,31 @@ impl World {
             .collect()
     }
 
+    /// Replicas that are down (a spare has no group either, but is up).
     fn crashed_ids(&self) -> Vec<u64> {
-        self.nodes
+        self.replicas
             .iter()
-            .filter(|(_, n)| n.group.is_none())
-            .map(|(id, _)| *id)
+            .copied()
+            .filter(|id| self.group(*id).is_none())
             .collect()
+    }
+
+    fn spare_ids(&self) -> Vec<u64> {
+        self.nodes
+            .keys()
+            .copied()
+            .filter(|id| !self.replicas.contains(id))
+            .collect()
+    }
+
+    /// The running replica that leads in the highest term, if any.
+    fn leader(&self) -> Option<u64> {
+        self.live_ids()
+            .into_iter()
+            .filter_map(|id| self.group(id).map(|g| g.status()))
+            .filter(|s| s.role == StateRole::Leader)
+            .max_by_key(|s| s.term)
+            .map(|s| s.id)
     }
 
     // --- logging and tracing
@@ -863,6 +967,11 @@ impl World {
     /// `Input::FsRead`.
     fn serve(&mut self, to: u64, who: Waiter, req: Req) -> Result<(), String> {
         let Some(g) = self.group(to) else {
+            // A crashed replica does not answer; a spare answers that it
+            // holds no replica ("not a replica of this volume").
+            if !self.replicas.contains(&to) {
+                self.reply(to, who, Reply::NotLeader(None));
+            }
             return Ok(());
         };
         let st = g.status();
@@ -1167,7 +1276,9 @@ impl World {
             }
             Some(_) => {}
             None if chance(&mut self.rng, self.faults.partition_permille) => {
-                let ids = self.replicas.clone();
+                // Spares too: one added while the partition lasts joins
+                // on its side.
+                let ids: Vec<u64> = self.nodes.keys().copied().collect();
                 if let Some((side, heal_at)) = sim_common::draw_partition(&mut self.rng, ids, tick)
                 {
                     self.note(format!(
@@ -1188,6 +1299,207 @@ impl World {
                 self.crash(id);
             }
         }
+        if self.change.is_none() && chance(&mut self.rng, self.faults.membership_permille) {
+            self.start_change()?;
+        }
+        Ok(())
+    }
+
+    // --- replica-set changes
+
+    /// Starts adding a spare or removing a replica (the leader half the
+    /// time), within `replicas_min..=REPLICAS_MAX`.
+    fn start_change(&mut self) -> Result<(), String> {
+        let spares = self.spare_ids();
+        let n = self.replicas.len();
+        let can_add = n < REPLICAS_MAX && !spares.is_empty();
+        let can_remove = n > self.faults.replicas_min;
+        let kind = match (can_add, can_remove) {
+            (true, true) if self.rng.gen_bool(0.5) => ChangeKind::Add,
+            (true, _) => ChangeKind::Add,
+            (false, true) => ChangeKind::Remove,
+            (false, false) => return Ok(()),
+        };
+        let leader = self.leader();
+        let node = match (kind, leader) {
+            (ChangeKind::Add, _) => pick(&mut self.rng, &spares),
+            (ChangeKind::Remove, Some(l)) if self.rng.gen_bool(0.5) => l,
+            (ChangeKind::Remove, _) => pick(&mut self.rng, &self.replicas),
+        };
+        let tick = self.tick_now();
+        self.note(format!("replica change: {kind:?} n{node}"));
+        if kind == ChangeKind::Add {
+            // Listed first (the metadata's `AddVolumeReplica`), so the node
+            // opens its empty group before the leader admits it.
+            self.replicas.push(node);
+            self.replicas.sort_unstable();
+            self.restart(node)?;
+        }
+        self.change = Some(Change {
+            kind,
+            node,
+            target: leader.unwrap_or(self.replicas[0]),
+            turn: 0,
+            next_at: tick,
+            started: tick,
+            led: false,
+        });
+        Ok(())
+    }
+
+    /// Asks the change under way once more of the replica believed to lead,
+    /// as `Volumes::add_replica` and `remove_replica` ask it of the leader
+    /// (`change_replica`), and notices when it is in effect.
+    fn drive_change(&mut self) -> Result<(), String> {
+        let tick = self.tick_now();
+        let Some(ch) = self.change.as_mut() else {
+            return Ok(());
+        };
+        if tick < ch.next_at {
+            return Ok(());
+        }
+        ch.next_at = tick + CHANGE_EVERY_TICKS;
+        let ch = *ch;
+        let Some(st) = self.group(ch.target).map(|g| g.status()) else {
+            // A crashed replica does not answer, a spare answers it holds
+            // no replica: ask the next.
+            self.ask_elsewhere(None);
+            return Ok(());
+        };
+        if st.role != StateRole::Leader {
+            self.ask_elsewhere(st.leader);
+            return Ok(());
+        }
+        let voter = st.voters.contains(&ch.node);
+        let learner = st.learners.contains(&ch.node);
+        let cc_kind = match ch.kind {
+            ChangeKind::Add if voter => {
+                self.change_done(ch);
+                return Ok(());
+            }
+            ChangeKind::Add if learner => {
+                // Promoted only once it holds the data, so that it never
+                // counts towards a quorum before.
+                let caught_up = self.group(ch.node).is_some_and(|g| {
+                    let s = g.status();
+                    s.applied > 0 && s.applied + limits::VOLUME_PROMOTE_LAG_ENTRIES >= st.commit
+                });
+                if !caught_up {
+                    return Ok(());
+                }
+                ConfChangeType::AddNode
+            }
+            ChangeKind::Add => ConfChangeType::AddLearnerNode,
+            ChangeKind::Remove if !voter && !learner => {
+                self.delete_copy(ch.node)?;
+                self.change_done(ch);
+                return Ok(());
+            }
+            ChangeKind::Remove if ch.node == ch.target => {
+                // A leader does not remove itself: it hands the leadership
+                // on, and the next leader is asked.
+                let mut moved = false;
+                self.drive(ch.target, |g| {
+                    moved = g.transfer_leadership_away()?;
+                    Ok(())
+                })?;
+                if moved {
+                    self.note(format!("n{} hands the leadership on to leave", ch.node));
+                    if let Some(c) = self.change.as_mut() {
+                        c.led = true;
+                    }
+                }
+                self.ask_elsewhere(None);
+                return Ok(());
+            }
+            ChangeKind::Remove => ConfChangeType::RemoveNode,
+        };
+        let mut cc = ConfChange {
+            node_id: ch.node,
+            ..Default::default()
+        };
+        cc.set_change_type(cc_kind);
+        // raft-rs refuses while another change is not yet applied; it is
+        // asked again.
+        if self.drive(ch.target, |g| g.propose_conf_change(cc))? {
+            self.note(format!("n{} proposes {cc_kind:?} n{}", ch.target, ch.node));
+        }
+        Ok(())
+    }
+
+    /// The change goes to `hint`, if it is a replica, or to the next
+    /// replica.
+    fn ask_elsewhere(&mut self, hint: Option<u64>) {
+        let Some(ch) = self.change.as_mut() else {
+            return;
+        };
+        match hint.filter(|h| *h != ch.target && self.replicas.contains(h)) {
+            Some(h) => ch.target = h,
+            None => {
+                ch.turn += 1;
+                ch.target = self.replicas[ch.turn % self.replicas.len()];
+            }
+        }
+    }
+
+    fn change_done(&mut self, ch: Change) {
+        self.change = None;
+        match ch.kind {
+            ChangeKind::Add => self.stats.replicas_added += 1,
+            ChangeKind::Remove => self.stats.replicas_removed += 1,
+        }
+        if ch.led {
+            self.stats.leaders_removed += 1;
+        }
+        self.note(format!(
+            "replica change {:?} n{} in effect after {} ticks; replicas {:?}",
+            ch.kind,
+            ch.node,
+            self.tick_now() - ch.started,
+            self.replicas
+        ));
+    }
+
+    /// Node `id` has left the group: it closes its replica and deletes its
+    /// copy, as the node's `open_volumes` does once the metadata no longer
+    /// lists it, and is a spare again. Clients waiting on it time out.
+    fn delete_copy(&mut self, id: u64) -> Result<(), String> {
+        self.replicas.retain(|r| *r != id);
+        let node = self.nodes.get_mut(&id).ok_or(format!("no node {id}"))?;
+        node.group = None;
+        node.pending.clear();
+        node.reads = Reads::default();
+        let mut b = Batch::new();
+        for prefix in [
+            holdfast_core::group::prefix_of(VOLUME),
+            FsMachine::prefix_of(VOLUME),
+            resync::staging_prefix(VOLUME),
+        ] {
+            let end = prefix_end(&prefix).unwrap_or_default();
+            b.delete_range(prefix, end);
+        }
+        node.engine
+            .write(b, true)
+            .map_err(|e| format!("n{id} delete copy: {e}"))?;
+        // Those prefixes must be all a replica keeps: anything left would
+        // be found by the empty replica the node opens if it is added back.
+        // (Every key starts with a letter, below 0xff.)
+        let mut left = None;
+        node.engine
+            .scan(&[], &[0xff], &mut |k, _| {
+                left = Some(k.to_vec());
+                false
+            })
+            .map_err(|e| format!("n{id} scan: {e}"))?;
+        if let Some(k) = left {
+            return Err(format!(
+                "n{id} deleted its copy but still holds {}",
+                k.escape_ascii()
+            ));
+        }
+        // Its applied index starts again from 0 if it comes back.
+        self.checks.applied.remove(&id);
+        self.note(format!("n{id} leaves and deletes its copy"));
         Ok(())
     }
 
@@ -1497,13 +1809,14 @@ impl World {
     // --- time
 
     /// One step of simulated time: on a tick boundary, faults act (in the
-    /// chaos phase) and every replica ticks; then clients act and due
-    /// messages arrive.
+    /// chaos phase), a replica-set change under way is asked again and
+    /// every replica ticks; then clients act and due messages arrive.
     fn run_step(&mut self) -> Result<(), String> {
         if self.step.is_multiple_of(STEPS_PER_TICK) {
             if self.phase == Phase::Chaos {
                 self.faults_tick()?;
             }
+            self.drive_change()?;
             for id in self.live_ids() {
                 self.drive(id, |g| g.tick())?;
             }
@@ -1550,9 +1863,10 @@ impl World {
 
     // --- the end
 
-    /// Ends the faults, restarts every crashed replica, lets clients finish,
-    /// waits for agreement, makes every client call twice more (each call
-    /// must be answered), and runs the final checks.
+    /// Ends the faults, restarts every crashed replica, lets clients and a
+    /// replica-set change under way finish, waits for agreement, makes
+    /// every client call twice more (each call must be answered), and runs
+    /// the final checks.
     fn heal(&mut self) -> Result<(), String> {
         let start = self.tick_now();
         self.faults = self.faults.quiet();
@@ -1567,6 +1881,10 @@ impl World {
                 Some(c) => Err(format!("client {} is in {:?}", c.id, c.call)),
                 None => Ok(()),
             }
+        })?;
+        self.run_until("a replica change is not in effect", |w| match w.change {
+            Some(ch) => Err(format!("{ch:?}")),
+            None => Ok(()),
         })?;
         self.run_until("replicas do not agree", Self::agreement)?;
         self.phase = Phase::Final;
@@ -1585,8 +1903,9 @@ impl World {
         self.check_final()
     }
 
-    /// Exactly one leader, followed by every replica in its term, and
-    /// everything it committed applied everywhere.
+    /// Exactly one leader, followed by every replica in its term, whose
+    /// voters are exactly the replicas, and everything it committed applied
+    /// everywhere.
     fn agreement(&self) -> Result<(), String> {
         let mut statuses = Vec::new();
         for id in &self.replicas {
@@ -1604,6 +1923,14 @@ impl World {
                 describe(&statuses)
             ));
         };
+        let mut voters = leader.voters.clone();
+        voters.sort_unstable();
+        if voters != self.replicas || !leader.learners.is_empty() {
+            return Err(format!(
+                "leader n{} has voters {voters:?} and learners {:?}, but the replicas are {:?}",
+                leader.id, leader.learners, self.replicas
+            ));
+        }
         for s in &statuses {
             if s.term != leader.term
                 || s.leader != Some(leader.id)
@@ -1729,6 +2056,9 @@ fn seeds_keep_every_invariant() {
             ("unknown outcomes", total.unknown),
             ("read-backs after an unknown outcome", total.verifies),
             ("snapshots pulled by hash comparison", total.resyncs),
+            ("replicas added", total.replicas_added),
+            ("replicas removed", total.replicas_removed),
+            ("leaders removed", total.leaders_removed),
             ("register ops", total.register_ops),
             (
                 "5-replica volumes",
