@@ -339,7 +339,14 @@ impl Volumes {
         let mut last = String::from("no answer yet");
         while Instant::now() < deadline {
             match self.change(volume, node, ReplicaChange::AddLearner).await {
-                Ok(()) => match self.leader_status(volume).await {
+                // A configuration is trusted only once the leader applied
+                // all it committed (a new leader may not have applied a
+                // removal of this very node yet).
+                Ok(()) => match self
+                    .leader_status(volume)
+                    .await
+                    .filter(|s| s.applied >= s.commit)
+                {
                     Some(s) if s.voters.contains(&node) => return Ok(()),
                     Some(s) if s.learners.contains(&node) => {
                         let caught_up = self.replica_status(volume, node).await.is_some_and(|n| {
@@ -389,7 +396,11 @@ impl Volumes {
                 )));
             }
             match self.change(volume, node, ReplicaChange::Remove).await {
-                Ok(()) => match self.leader_status(volume).await {
+                Ok(()) => match self
+                    .leader_status(volume)
+                    .await
+                    .filter(|s| s.applied >= s.commit)
+                {
                     Some(s) if !s.voters.contains(&node) && !s.learners.contains(&node) => break,
                     _ => last = "the change is not applied yet".into(),
                 },
