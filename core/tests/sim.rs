@@ -57,7 +57,7 @@ type Group = RaftGroup<MetaMachine>;
 /// Seeds run by default: about 9 s in a debug build on an idle 2-core
 /// machine (13 s with a compiler running beside it), the slowest test of
 /// this file.
-const DEFAULT_SEEDS: u64 = 100;
+const DEFAULT_SEEDS: u64 = 200;
 /// Simulated time advances in steps; one Raft tick is this many steps, so
 /// messages can arrive between ticks.
 const STEPS_PER_TICK: u64 = 10;

@@ -103,7 +103,7 @@ type Group = RaftGroup<FsMachine>;
 /// Seeds run by default: about 4 s in a debug build on an idle 2-core
 /// machine, 7 s with a compiler running beside it (each seed is 300 ticks
 /// of chaos and some 200-300 client calls).
-const DEFAULT_SEEDS: u64 = 60;
+const DEFAULT_SEEDS: u64 = 200;
 /// The volume's id, which is also its group's.
 const VOLUME: u64 = 7;
 /// Simulated time advances in steps; one Raft tick is this many steps.
