@@ -258,9 +258,11 @@ impl<B: Backend> VolumeFs<B> {
 
     /// Pushes the buffered writes of `ino` to the backend. Extents never
     /// overlap, so their writes go out together and share consensus
-    /// rounds. On any failure everything is kept buffered: rewriting the
-    /// same bytes at the same offsets is harmless, and a later fsync
-    /// retries.
+    /// rounds. On a failure the bytes are dropped, as the kernel drops
+    /// pages after a failed writeback: a failed write may still have been
+    /// applied, and pushing it again at the next flush or close would
+    /// undo any write another client made in between (a lost update, found
+    /// by an hour of `tests/run-faults`).
     fn flush_ino(&mut self, ino: Ino) -> Result<(), Errno> {
         let Some(dirty) = self.dirty.remove(&ino) else {
             return Ok(());
@@ -278,7 +280,7 @@ impl<B: Backend> VolumeFs<B> {
             }
         }
         if let Some(e) = self.backend.ops(ops).into_iter().find_map(Result::err) {
-            self.dirty.insert(ino, dirty);
+            tracing::warn!(ino, errno = e, "dropped writes whose push failed");
             return Err(e);
         }
         Ok(())
@@ -674,13 +676,6 @@ impl<B: Backend> Filesystem for VolumeFs<B> {
         });
         if left == Some(0) {
             self.open.remove(&ino);
-            // close(2) already reported the failed flush. With no handle
-            // left, nobody can fsync it again: like the kernel after a
-            // failed writeback, forget the bytes rather than show this
-            // node's readers data the volume may never hold.
-            if r.is_err() && self.dirty.remove(&ino).is_some() {
-                tracing::warn!(ino, "dropped unflushed writes of a closed file");
-            }
             if self.orphans.remove(&ino) {
                 if let Err(e) = self.backend.op(FsOp::Reap { ino }) {
                     tracing::warn!(

@@ -277,9 +277,17 @@ fn on_mount(f: &File, dir: &Path) -> bool {
     }
 }
 
-fn read_all(path: &Path) -> std::io::Result<Vec<u8>> {
+/// The whole file at `path`, if it is on the mount at `dir`. While the
+/// node restarts, the bare mount point may hold an empty file of the same
+/// name (made by an open that `on_mount` then refused); reading that would
+/// count every acknowledged record as lost.
+fn read_all(path: &Path, dir: &Path) -> std::io::Result<Vec<u8>> {
+    let mut f = File::open(path)?;
+    if !on_mount(&f, dir) {
+        return Err(std::io::Error::other("the volume is not mounted here now"));
+    }
     let mut buf = Vec::new();
-    File::open(path)?.read_to_end(&mut buf)?;
+    f.read_to_end(&mut buf)?;
     Ok(buf)
 }
 
@@ -328,7 +336,7 @@ fn append_client(out: &Out, dir: &Path, stop: &AtomicBool) -> Tally {
                 out.emit(json!({ "append": seq, "ok": false, "error": e.to_string() }));
                 // Outcome unknown: close, then learn what is there.
                 file = None;
-                let Some(content) = until_ok(stop, || read_all(&path)) else {
+                let Some(content) = until_ok(stop, || read_all(&path, dir)) else {
                     break;
                 };
                 let report = append::check(client, &content, t.acked_now);
@@ -406,7 +414,7 @@ fn register_client(out: &Out, dir: &Path, seed: u64, stop: &AtomicBool) -> Tally
                 std::thread::sleep(Duration::from_millis(200));
             }
         } else {
-            let r = read_all(&path);
+            let r = read_all(&path, dir);
             let complete = now_ns();
             match r {
                 Ok(bytes) => {
