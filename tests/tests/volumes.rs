@@ -629,20 +629,27 @@ fn a_full_disk_on_one_replica_fails_only_what_it_must_and_recovers() {
     // are usable). The other two replicas have room, so every write must
     // succeed; one may see ENOSPC while the leadership moves away from a
     // full n3, and is retried.
+    // Each try writes a file of its own: a failed try's ops have an unknown
+    // outcome and may still apply later (a late truncate would punch a
+    // hole into the next try's bytes).
     let n3 = c.index_of("n3");
     let mut last = 0u8;
+    let mut names = std::collections::BTreeMap::new();
     for i in 0..80u8 {
         let data = vec![i; 8 << 20];
-        wait_until(
+        let mut attempt = 0;
+        let name = wait_until(
             &format!("file {i} to be written"),
             Duration::from_secs(30),
             || {
-                let r = File::create(m.join(format!("f{i}"))).and_then(|mut f| {
+                attempt += 1;
+                let name = format!("f{i}-{attempt}");
+                let r = File::create(m.join(&name)).and_then(|mut f| {
                     f.write_all(&data)?;
                     f.sync_all()
                 });
                 match r {
-                    Ok(()) => Some(()),
+                    Ok(()) => Some(name),
                     Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => None,
                     // See `write_whole`.
                     Err(e) if e.raw_os_error() == Some(libc::EIO) => {
@@ -653,6 +660,7 @@ fn a_full_disk_on_one_replica_fails_only_what_it_must_and_recovers() {
                 }
             },
         );
+        names.insert(i, name);
         last = i;
         if c.nodes[n3].log().contains("nearly full") {
             break;
@@ -685,10 +693,7 @@ fn a_full_disk_on_one_replica_fails_only_what_it_must_and_recovers() {
         },
     );
     for i in [0u8, last] {
-        assert_eq!(
-            std::fs::read(m.join(format!("f{i}"))).unwrap(),
-            vec![i; 8 << 20]
-        );
+        assert_eq!(std::fs::read(m.join(&names[&i])).unwrap(), vec![i; 8 << 20]);
     }
 }
 
