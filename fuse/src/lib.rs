@@ -188,11 +188,25 @@ impl Dirty {
     }
 }
 
+/// One open file.
+#[derive(Debug)]
+struct Handle {
+    ino: Ino,
+    /// Writes through (O_SYNC/O_DSYNC).
+    sync: bool,
+    /// A push of buffered writes to this file failed while this handle was
+    /// open: every close, and the next fsync, through it fail with this
+    /// error (as the kernel reports a failed writeback to every file open
+    /// at the time). Needed because the write(2) that triggered the push may not
+    /// see the error: the kernel turns a failed request in the middle of a
+    /// large write into a short write, and the caller writes the rest.
+    write_error: Option<Errno>,
+}
+
 /// The FUSE filesystem of one volume.
 pub struct VolumeFs<B: Backend> {
     backend: B,
-    /// Open file handles: whether each writes through (O_SYNC/O_DSYNC).
-    handles: HashMap<u64, bool>,
+    handles: HashMap<u64, Handle>,
     dirs: HashMap<u64, Vec<(Vec<u8>, Ino, Kind)>>,
     dirty: HashMap<Ino, Dirty>,
     open: HashMap<Ino, u32>,
@@ -262,7 +276,8 @@ impl<B: Backend> VolumeFs<B> {
     /// pages after a failed writeback: a failed write may still have been
     /// applied, and pushing it again at the next flush or close would
     /// undo any write another client made in between (a lost update, found
-    /// by an hour of `tests/run-faults`).
+    /// by an hour of `tests/run-faults`). The failure is kept on every
+    /// handle open on `ino`, for its next fsync or close.
     fn flush_ino(&mut self, ino: Ino) -> Result<(), Errno> {
         let Some(dirty) = self.dirty.remove(&ino) else {
             return Ok(());
@@ -281,9 +296,31 @@ impl<B: Backend> VolumeFs<B> {
         }
         if let Some(e) = self.backend.ops(ops).into_iter().find_map(Result::err) {
             tracing::warn!(ino, errno = e, "dropped writes whose push failed");
+            for h in self.handles.values_mut().filter(|h| h.ino == ino) {
+                h.write_error.get_or_insert(e);
+            }
             return Err(e);
         }
         Ok(())
+    }
+
+    /// Pushes the buffered writes of `ino`, then reports a failed push
+    /// seen by handle `fh`. An fsync (`clear`) reports it once; a flush
+    /// reports it without clearing it, as Linux does (a flush comes at
+    /// every close of a copy of the descriptor, such as the one every
+    /// fork-and-exec of the writing process makes, and must not swallow
+    /// the error before the writer's fsync).
+    fn sync_handle(&mut self, ino: Ino, fh: u64, clear: bool) -> Result<(), Errno> {
+        let pushed = self.flush_ino(ino);
+        let earlier = self.handles.get_mut(&fh).and_then(|h| {
+            if clear {
+                h.write_error.take()
+            } else {
+                h.write_error
+            }
+        });
+        pushed?;
+        earlier.map_or(Ok(()), Err)
     }
 
     fn new_fh(&mut self) -> u64 {
@@ -294,7 +331,14 @@ impl<B: Backend> VolumeFs<B> {
     fn open_handle(&mut self, ino: Ino, flags: i32) -> u64 {
         let fh = self.new_fh();
         let sync = flags & (libc::O_SYNC | libc::O_DSYNC) != 0;
-        self.handles.insert(fh, sync);
+        self.handles.insert(
+            fh,
+            Handle {
+                ino,
+                sync,
+                write_error: None,
+            },
+        );
         *self.open.entry(ino).or_default() += 1;
         fh
     }
@@ -635,7 +679,7 @@ impl<B: Backend> Filesystem for VolumeFs<B> {
         if offset.saturating_add(data.len() as u64) > limits::FS_FILE_BYTES_MAX {
             return reply.error(libc::EFBIG);
         }
-        let sync = self.handles.get(&fh).copied().unwrap_or(false);
+        let sync = self.handles.get(&fh).is_some_and(|h| h.sync);
         let d = self.dirty.entry(ino).or_default();
         d.add(offset, data);
         if sync || d.bytes >= limits::FS_DIRTY_FILE_BYTES_MAX {
@@ -650,11 +694,11 @@ impl<B: Backend> Filesystem for VolumeFs<B> {
         &mut self,
         _req: &Request<'_>,
         ino: u64,
-        _fh: u64,
+        fh: u64,
         _lock_owner: u64,
         reply: ReplyEmpty,
     ) {
-        let r = self.flush_ino(ino);
+        let r = self.sync_handle(ino, fh, false);
         reply_empty(reply, r)
     }
 
@@ -689,15 +733,8 @@ impl<B: Backend> Filesystem for VolumeFs<B> {
         reply_empty(reply, r)
     }
 
-    fn fsync(
-        &mut self,
-        _req: &Request<'_>,
-        ino: u64,
-        _fh: u64,
-        _datasync: bool,
-        reply: ReplyEmpty,
-    ) {
-        let r = self.flush_ino(ino);
+    fn fsync(&mut self, _req: &Request<'_>, ino: u64, fh: u64, _datasync: bool, reply: ReplyEmpty) {
+        let r = self.sync_handle(ino, fh, true);
         reply_empty(reply, r)
     }
 

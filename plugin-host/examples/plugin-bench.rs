@@ -199,6 +199,13 @@ fn main() {
     let via_host = measure(n, |i| {
         failed += usize::from(black_box(host.route("router", pick(i))).is_err());
     });
+    // PLUGIN_BENCH_WARM_ONLY=1 stops after the first two rows (for
+    // profiling the warm call).
+    if std::env::var_os("PLUGIN_BENCH_WARM_ONLY").is_some() {
+        row("router, native Rust fn", &native, &native);
+        row("router, Wasm via host", &via_host, &native);
+        return;
+    }
     let instantiate = measure(n, |_| {
         if let Err(e) = host.probe("router") {
             if failed == 0 {

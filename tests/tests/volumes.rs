@@ -633,7 +633,6 @@ fn a_full_disk_on_one_replica_fails_only_what_it_must_and_recovers() {
     // outcome and may still apply later (a late truncate would punch a
     // hole into the next try's bytes).
     let n3 = c.index_of("n3");
-    let mut last = 0u8;
     let mut names = std::collections::BTreeMap::new();
     for i in 0..80u8 {
         let data = vec![i; 8 << 20];
@@ -661,7 +660,6 @@ fn a_full_disk_on_one_replica_fails_only_what_it_must_and_recovers() {
             },
         );
         names.insert(i, name);
-        last = i;
         if c.nodes[n3].log().contains("nearly full") {
             break;
         }
@@ -692,9 +690,59 @@ fn a_full_disk_on_one_replica_fails_only_what_it_must_and_recovers() {
             .then_some(())
         },
     );
-    for i in [0u8, last] {
-        assert_eq!(std::fs::read(m.join(&names[&i])).unwrap(), vec![i; 8 << 20]);
+    // Every acknowledged file reads back whole.
+    for (i, name) in &names {
+        let got = std::fs::read(m.join(name)).unwrap();
+        let wrong = got.iter().position(|b| b != i);
+        assert!(
+            got.len() == 8 << 20 && wrong.is_none(),
+            "{name}: {} bytes, the first wrong one at {wrong:?}",
+            got.len()
+        );
     }
+}
+
+#[test]
+fn a_push_that_fails_inside_a_large_write_is_reported_at_fsync() {
+    // The kernel splits a large write(2) into requests; when the one that
+    // fills the write-back buffer fails, it returns a short write and the
+    // caller writes the rest, which succeeds. The bytes of the failed push
+    // are gone, so the next fsync on the file must fail.
+    let (mut c, m) = three_mounts();
+    let path = m[0].join("big");
+    let mut f = File::create(&path).unwrap();
+    c.nodes[1].kill9();
+    c.nodes[2].kill9();
+    let (written_tx, written_rx) = std::sync::mpsc::sync_channel(1);
+    let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel::<()>(1);
+    let writer = std::thread::spawn(move || {
+        let w = f.write_all(&vec![7u8; 9 << 20]);
+        let _ = written_tx.send(w.as_ref().map_err(|e| e.raw_os_error()).copied());
+        if w.is_err() {
+            return w.map_err(|e| e.raw_os_error());
+        }
+        sync_rx.recv().unwrap();
+        f.sync_all().map_err(|e| e.raw_os_error())
+    });
+    let written = written_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("a write without a majority must not hang");
+    if written.is_ok() {
+        // The rest of the bytes sit in the buffer; the majority comes back,
+        // so pushing them at fsync works. The fsync still fails.
+        c.nodes[1].restart();
+        c.nodes[2].restart();
+        wait_until("writes to work again", Duration::from_secs(60), || {
+            std::fs::write(m[0].join("g"), b"back").ok()
+        });
+        sync_tx.send(()).unwrap();
+    }
+    let r = writer.join().unwrap();
+    assert_eq!(
+        r,
+        Err(Some(libc::EIO)),
+        "the write ({written:?}) or the fsync after it must report the failed push"
+    );
 }
 
 #[test]
