@@ -187,11 +187,29 @@ pub enum FsReply {
 
 pub type FsResult = Result<FsReply, Errno>;
 
+/// Who asked for an op, so that a repeat of it is answered from the
+/// result kept for it instead of being applied again (client sessions, as
+/// in the Raft thesis, section 6.3). `seq` grows on each node across
+/// restarts; `low_water` is the smallest `seq` the node was still waiting
+/// on when it sent the op. The volume keeps each result until a later op
+/// of the node carries a `low_water` above its `seq`; an op whose `seq` is
+/// below the `low_water` already applied is never applied (its caller has
+/// its answer or gave up), so an op given up on cannot land after a later
+/// op of the same node.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct OpTag {
+    pub node: u64,
+    pub seq: u64,
+    pub low_water: u64,
+}
+
 /// A proposed op with who asked for it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FsProposal {
     pub req_id: u64,
     pub origin: u64,
+    /// `None` for ops that are safe to apply twice (reaps).
+    pub tag: Option<OpTag>,
     pub op: FsOp,
 }
 
@@ -527,6 +545,52 @@ impl FsMachine {
     }
 
     /// Applies one op; the caller writes `batch`.
+    /// Applies `op` once per `tag`: a repeat gets the result of the first
+    /// time, and an op older than its node's low-water mark fails with
+    /// `EIO` without being applied.
+    pub fn apply_tagged(&mut self, tag: OpTag, op: FsOp, batch: &mut Batch) -> FsResult {
+        let node = be(tag.node);
+        let mark_key = self.view.key(b'c', &node, &[]);
+        let result_key = self.view.key(b'c', &node, &be(tag.seq));
+        let read = |key: &[u8]| {
+            batch
+                .read_through(&*self.view.engine, key)
+                .map_err(|_| libc::EIO)
+        };
+        let mark = match read(&mark_key)? {
+            Some(b) => u64::from_be_bytes(b.as_slice().try_into().map_err(|_| libc::EIO)?),
+            None => 0,
+        };
+        if tag.seq < mark {
+            return Err(libc::EIO);
+        }
+        if let Some(b) = read(&result_key)? {
+            return wire::decode::<FsResult>(&b, limits::FRAME_BYTES_MAX).map_err(|_| libc::EIO)?;
+        }
+        let result = self.apply_op(op, batch);
+        if tag.low_water > mark {
+            // Results below the mark are never read again. They are
+            // deleted a block at a time, not each time the mark moves: a
+            // range deletion per op would slow RocksDB's reads down.
+            let block = |n: u64| n / limits::FS_OP_RESULTS_BLOCK;
+            if block(tag.low_water) > block(mark) {
+                batch.delete_range(
+                    self.view.key(b'c', &node, &be(0)),
+                    self.view.key(
+                        b'c',
+                        &node,
+                        &be(block(tag.low_water) * limits::FS_OP_RESULTS_BLOCK),
+                    ),
+                );
+            }
+            batch.put(mark_key, be(tag.low_water).to_vec());
+        }
+        if tag.seq >= tag.low_water.max(mark) {
+            batch.put(result_key, wire::encode(&result));
+        }
+        result
+    }
+
     pub fn apply_op(&mut self, op: FsOp, batch: &mut Batch) -> FsResult {
         let mut stats = self.stats;
         let r = {
@@ -1205,7 +1269,10 @@ impl StateMachine for FsMachine {
     fn apply(&mut self, _index: u64, data: &[u8], batch: &mut Batch) {
         match wire::decode::<FsProposal>(data, limits::FS_COMMAND_BYTES_MAX) {
             Ok(p) => {
-                let result = self.apply_op(p.op, batch);
+                let result = match p.tag {
+                    Some(tag) => self.apply_tagged(tag, p.op, batch),
+                    None => self.apply_op(p.op, batch),
+                };
                 self.events.push(FsEvent::Done {
                     req_id: p.req_id,
                     origin: p.origin,

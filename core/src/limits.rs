@@ -85,6 +85,9 @@ pub const JOIN_TIMEOUT_MS: u64 = 20_000;
 /// A consensus round (persist, apply, send) slower than this is logged:
 /// every group on the node waits for it.
 pub const CONSENSUS_ROUND_SLOW_MS: u64 = 50;
+/// The results a volume keeps for repeated ops (`fs::OpTag`) are deleted
+/// in blocks of this many sequence numbers of a node.
+pub const FS_OP_RESULTS_BLOCK: u64 = 1024;
 /// Free bytes a node keeps on its data disk. Below this it takes no new
 /// data: as a volume leader it refuses writes with ENOSPC (and hands the
 /// leadership to a replica with room); as a follower it leaves appends
@@ -102,6 +105,9 @@ pub const VOLUME_WAIT_MS: u64 = 10_000;
 /// read, a write of bytes at an offset) waits for the node it asked before
 /// asking another: a leader that just died never answers.
 pub const VOLUME_ATTEMPT_MS: u64 = 2_000;
+/// How often a request that waits on a volume's leader looks whether this
+/// node's replica of the volume follows another leader meanwhile.
+pub const VOLUME_LEADER_WATCH_MS: u64 = 50;
 /// How long to wait for a QUIC handshake.
 pub const CONNECT_TIMEOUT_MS: u64 = 3_000;
 /// How often a node pings every peer.

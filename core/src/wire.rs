@@ -52,7 +52,12 @@ pub enum BlobReply {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum VolRequest {
     /// Replicate a change. Only the leader takes it.
-    Op { volume: u64, op: FsOp },
+    Op {
+        volume: u64,
+        op: FsOp,
+        /// Lets the volume answer a repeat without applying it again.
+        tag: Option<crate::fs::OpTag>,
+    },
     /// Changes the volume group's replica set. Only the leader takes it,
     /// and answers once the change is proposed; whether it took effect
     /// shows in `Status` (`voters`, `learners`).

@@ -4,7 +4,8 @@
 
 use std::sync::Arc;
 
-use holdfast_core::fs::{FsMachine, FsOp, FsReply, Kind, ROOT_INO};
+use holdfast_core::fs::{FsMachine, FsOp, FsReply, Kind, OpTag, ROOT_INO};
+use holdfast_core::limits;
 use holdfast_storage::{Batch, Engine, MemEngine};
 
 struct Vol {
@@ -27,6 +28,17 @@ impl Vol {
         let out = ops
             .into_iter()
             .map(|op| self.m.apply_op(op, &mut batch))
+            .collect();
+        self.engine.write(batch, true).unwrap();
+        out
+    }
+
+    /// Applies tagged ops in one batch, as [`Vol::round`] does.
+    fn tagged(&mut self, ops: Vec<(OpTag, FsOp)>) -> Vec<Result<FsReply, i32>> {
+        let mut batch = Batch::new();
+        let out = ops
+            .into_iter()
+            .map(|(tag, op)| self.m.apply_tagged(tag, op, &mut batch))
             .collect();
         self.engine.write(batch, true).unwrap();
         out
@@ -202,4 +214,126 @@ fn bad_requests_fail_alone_and_leave_no_trace() {
     );
     // Only the counters' key was rewritten, with the same value.
     assert_eq!(v.m.view().manifest().unwrap(), before);
+}
+
+fn tag(node: u64, seq: u64, low_water: u64) -> OpTag {
+    OpTag {
+        node,
+        seq,
+        low_water,
+    }
+}
+
+/// Keys the volume keeps for tagged ops' results.
+fn result_keys(v: &Vol) -> usize {
+    let mut prefix = FsMachine::prefix_of(7);
+    prefix.push(b'c');
+    let mut end = prefix.clone();
+    *end.last_mut().unwrap() += 1;
+    let mut n = 0;
+    v.engine
+        .scan(&prefix, &end, &mut |k, _| {
+            // The low-water marks are 8 bytes after the tag, results 16.
+            n += usize::from(k.len() == prefix.len() + 16);
+            true
+        })
+        .unwrap();
+    n
+}
+
+#[test]
+fn a_repeated_op_gets_the_first_result_and_is_not_applied_again() {
+    let mut v = Vol::new();
+    let f = v.ino(ROOT_INO, "f", Kind::File);
+    // A create repeated in the same round and in a later one: the repeats
+    // get the first answer (not EEXIST), and only one file exists.
+    let create = mknod(ROOT_INO, "g", Kind::File);
+    let r = v.tagged(vec![
+        (tag(1, 10, 10), create.clone()),
+        (tag(1, 10, 10), create.clone()),
+    ]);
+    assert!(matches!(r[0], Ok(FsReply::Attr(_))), "{r:?}");
+    assert_eq!(r[0], r[1], "a repeat in the same round");
+    assert_eq!(v.tagged(vec![(tag(1, 10, 10), create.clone())])[0], r[0]);
+    assert_eq!(v.one(create), Err(libc::EEXIST), "untagged, it applies");
+    // A write, then another node's write, then a late repeat of the first:
+    // the repeat does not undo the second write.
+    let first = v.tagged(vec![(tag(1, 11, 11), write(f, 0, b"first"))]);
+    v.tagged(vec![(tag(2, 5, 5), write(f, 0, b"other"))]);
+    assert_eq!(
+        v.tagged(vec![(tag(1, 11, 11), write(f, 0, b"first"))]),
+        first
+    );
+    assert_eq!(v.m.view().read(f, 0, 5).unwrap(), b"other");
+    // A failure is kept too: its repeat fails alike, even once it would
+    // succeed.
+    let d = v.ino(ROOT_INO, "d", Kind::Dir);
+    let rmdir = unlink(ROOT_INO, "d", true, None);
+    v.one(mknod(d, "inside", Kind::File)).unwrap();
+    assert_eq!(
+        v.tagged(vec![(tag(1, 12, 12), rmdir.clone())])[0],
+        Err(libc::ENOTEMPTY)
+    );
+    v.one(unlink(d, "inside", false, None)).unwrap();
+    assert_eq!(
+        v.tagged(vec![(tag(1, 12, 12), rmdir)])[0],
+        Err(libc::ENOTEMPTY)
+    );
+}
+
+#[test]
+fn an_op_below_its_nodes_low_water_mark_is_never_applied() {
+    let mut v = Vol::new();
+    let f = v.ino(ROOT_INO, "f", Kind::File);
+    // Node 1 gave up on seq 20 and went on: seq 21 says it waits on
+    // nothing older. A late copy of 20 then fails, and changes nothing.
+    v.tagged(vec![(tag(1, 21, 21), write(f, 0, b"later"))]);
+    assert_eq!(
+        v.tagged(vec![(tag(1, 20, 20), truncate(f, 0))])[0],
+        Err(libc::EIO)
+    );
+    assert_eq!(v.m.view().read(f, 0, 5).unwrap(), b"later");
+    // Other nodes have marks of their own.
+    assert!(v.tagged(vec![(tag(2, 3, 3), write(f, 5, b"!"))])[0].is_ok());
+    // The marks and results are state like any other: same on replicas.
+    let digest = v.m.view().digest().unwrap();
+    let mut w = Vol::new();
+    let g = w.ino(ROOT_INO, "f", Kind::File);
+    assert_eq!(g, f);
+    w.tagged(vec![(tag(1, 21, 21), write(f, 0, b"later"))]);
+    w.tagged(vec![(tag(1, 20, 20), truncate(f, 0))]);
+    w.tagged(vec![(tag(2, 3, 3), write(f, 5, b"!"))]);
+    assert_eq!(w.m.view().digest().unwrap(), digest);
+}
+
+#[test]
+fn results_are_deleted_once_the_low_water_mark_passes_them() {
+    let mut v = Vol::new();
+    let f = v.ino(ROOT_INO, "f", Kind::File);
+    let block = limits::FS_OP_RESULTS_BLOCK;
+    // One op at a time, each waiting on nothing older: the results pile
+    // up to a block, then go.
+    for seq in 1..=3 * block {
+        v.tagged(vec![(tag(1, seq, seq), write(f, 0, b"x"))]);
+        assert!(
+            result_keys(&v) as u64 <= block + 1,
+            "{} results kept at seq {seq}",
+            result_keys(&v)
+        );
+    }
+    // An op still waited on keeps the mark, and its result, back.
+    v.tagged(vec![(tag(1, 5 * block, 5 * block), write(f, 0, b"y"))]);
+    for seq in 5 * block + 1..=7 * block {
+        v.tagged(vec![(tag(1, seq, 5 * block), write(f, 0, b"x"))]);
+    }
+    assert!(
+        result_keys(&v) as u64 > 2 * block,
+        "results still waited on were deleted"
+    );
+    assert!(v.tagged(vec![(tag(1, 5 * block, 5 * block), write(f, 0, b"y"))])[0].is_ok());
+    assert_eq!(
+        v.m.view().read(f, 0, 1).unwrap(),
+        b"x",
+        "the repeat was not applied"
+    );
 }

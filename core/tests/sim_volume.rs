@@ -31,10 +31,13 @@
 //! (`node/src/volume.rs`, `node/src/driver.rs`): a request goes to the
 //! replica believed to lead; "not leader" answers are followed to the hint
 //! or to the next of the current replicas; an attempt with no answer within
-//! `VOLUME_ATTEMPT_MS` is repeated elsewhere when repeating is safe, and a
-//! call gives up after `VOLUME_WAIT_MS`. The leader proposes an
-//! [`FsProposal`] and answers with the `FsEvent::Done` result of that
-//! `req_id`; reads wait for a ReadIndex round (shared by the readers queued
+//! `VOLUME_ATTEMPT_MS` is repeated elsewhere when repeating is safe (reads,
+//! and writes, which carry an [`OpTag`] so that the volume answers a repeat
+//! with the first result instead of applying it again), and a call gives
+//! up after `VOLUME_WAIT_MS`. The leader proposes an [`FsProposal`] and
+//! answers with the `FsEvent::Done` result of that `req_id`, or, when the
+//! proposal outlives `PROPOSAL_TIMEOUT_MS`, that it cannot say (followed
+//! like "not leader"); reads wait for a ReadIndex round (shared by the readers queued
 //! meanwhile), then for the read index to be applied, then read the
 //! applied state. Client traffic is dropped and delayed like the rest, but
 //! no partition cuts it.
@@ -50,9 +53,8 @@
 //!   history (invoke and complete in simulated steps; complete unknown for
 //!   timeouts and lost leaders) is checked with
 //!   `holdfast_check::register::check` at the end of each seed. Like the
-//!   node's router, a register client does not repeat a write whose
-//!   attempt went unanswered: a repeated write may take effect twice, after
-//!   another client's write (see `HOLDFAST_SIM_RETRY_WRITES`).
+//!   node's router, a register client repeats a write whose attempt went
+//!   unanswered, with the same tag (see `HOLDFAST_SIM_UNTAGGED_WRITES`).
 //!
 //! Checkers: election safety, deterministic apply (every replica gets the
 //! same result for a request) and applied indexes that never go back
@@ -74,10 +76,10 @@
 //! - `HOLDFAST_SIM_SEED=N` replays seed `N` alone and prints its summary;
 //! - `HOLDFAST_SIM_LOG=1` prints the world's log as it happens, `=2` also
 //!   every client call (add `-- --nocapture`);
-//! - `HOLDFAST_SIM_RETRY_WRITES=1` makes register clients repeat
-//!   unanswered writes as the node's router once did. Many seeds then fail
-//!   linearizability: a repeated write takes effect twice, the second time
-//!   after another client's later write (writes are at-least-once).
+//! - `HOLDFAST_SIM_UNTAGGED_WRITES=1` sends writes without tags, still
+//!   repeated. Many seeds then fail linearizability: a repeated write takes
+//!   effect twice, the second time after another client's later write
+//!   (`repeated_untagged_writes_are_caught` keeps that true).
 //!
 //! Seeded draws and running and reporting seeds are shared with `sim.rs`
 //! in `sim_common`.
@@ -89,7 +91,9 @@ use std::hash::{DefaultHasher, Hasher};
 use std::sync::Arc;
 
 use holdfast_check::{append, register};
-use holdfast_core::fs::{FsEvent, FsMachine, FsOp, FsProposal, FsReply, FsResult, Ino, ROOT_INO};
+use holdfast_core::fs::{
+    FsEvent, FsMachine, FsOp, FsProposal, FsReply, FsResult, Ino, OpTag, ROOT_INO,
+};
 use holdfast_core::group::{bootstrap, GroupError, GroupStatus, Output, RaftGroup};
 use holdfast_core::{limits, resync, wire, ConfChange, RaftMessage, StateRole};
 use holdfast_storage::{prefix_end, Batch, Engine, MemEngine};
@@ -214,16 +218,19 @@ enum Mode {
 #[derive(Debug, Clone, Copy)]
 struct Options {
     mode: Mode,
+    /// Writes carry an `OpTag`, as the node's router sends them.
+    tag_writes: bool,
     /// Register clients repeat a write whose attempt went unanswered.
     retry_register_writes: bool,
 }
 
 impl Options {
     fn from_env() -> Self {
+        let untagged = std::env::var("HOLDFAST_SIM_UNTAGGED_WRITES").is_ok_and(|v| v == "1");
         Self {
             mode: Mode::Correct,
-            retry_register_writes: std::env::var("HOLDFAST_SIM_RETRY_WRITES")
-                .is_ok_and(|v| v == "1"),
+            tag_writes: !untagged,
+            retry_register_writes: true,
         }
     }
 }
@@ -238,6 +245,7 @@ enum Req {
         ino: Ino,
         offset: u64,
         data: Vec<u8>,
+        tag: Option<OpTag>,
     },
     /// Reads from offset 0 through ReadIndex.
     Read { ino: Ino, len: usize },
@@ -362,8 +370,11 @@ enum Outcome {
 
 #[derive(Debug)]
 struct Client {
-    /// The client number in records and histories (1-based).
+    /// The client number in records and histories (1-based), and the node
+    /// in its ops' tags.
     id: u64,
+    /// The `seq` of its next tagged op.
+    next_op: u64,
     work: Work,
     leader: Option<u64>,
     call: Option<Call>,
@@ -723,6 +734,7 @@ impl World {
                     acked: 0,
                     seen: 0,
                 },
+                next_op: 1,
                 leader: None,
                 call: None,
                 wake_at: 0,
@@ -733,6 +745,7 @@ impl World {
             clients.push(Client {
                 id: clients.len() as u64 + 1,
                 work: Work::Register,
+                next_op: 1,
                 leader: None,
                 call: None,
                 wake_at: 0,
@@ -980,13 +993,19 @@ impl World {
             return Ok(());
         }
         match req {
-            Req::Write { ino, offset, data } => {
+            Req::Write {
+                ino,
+                offset,
+                data,
+                tag,
+            } => {
                 let req_id = self.next_req;
                 self.next_req += 1;
                 let tick = self.tick_now();
                 let proposal = wire::encode(&FsProposal {
                     req_id,
                     origin: to,
+                    tag,
                     op: FsOp::Write {
                         ino,
                         offset,
@@ -1031,7 +1050,9 @@ impl World {
             n.pending.retain(|_, (who, since)| {
                 let keep = tick <= *since + PENDING_TICKS;
                 if !keep {
-                    replies.push((*id, *who, Reply::Op(Err(libc::EIO))));
+                    // The driver answers "unavailable, outcome unknown",
+                    // which the router follows like "not leader".
+                    replies.push((*id, *who, Reply::NotLeader(None)));
                 }
                 keep
             });
@@ -1543,6 +1564,22 @@ impl World {
         });
     }
 
+    /// The tag of client `c`'s next write (`None` without tags). A client
+    /// makes one call at a time, so it waits on nothing older.
+    fn tag(&mut self, c: usize) -> Option<OpTag> {
+        if !self.opts.tag_writes {
+            return None;
+        }
+        let cl = &mut self.clients[c];
+        let seq = cl.next_op;
+        cl.next_op += 1;
+        Some(OpTag {
+            node: cl.id,
+            seq,
+            low_water: seq,
+        })
+    }
+
     /// Starts client `c`'s next call, if it is time.
     fn start_work(&mut self, c: usize) {
         let final_phase = self.phase == Phase::Final;
@@ -1563,7 +1600,13 @@ impl World {
                 }
                 let data = append::record(id, next_seq).into_bytes();
                 let offset = next_seq * data.len() as u64;
-                let req = Req::Write { ino, offset, data };
+                let tag = self.tag(c);
+                let req = Req::Write {
+                    ino,
+                    offset,
+                    data,
+                    tag,
+                };
                 // Writes of bytes at an offset are safe to repeat (the
                 // router's `retry_is_safe`), and here also idempotent.
                 self.start_call(c, req, Purpose::Append { seq: next_seq }, true);
@@ -1587,13 +1630,15 @@ impl World {
                         invoke: self.step,
                         complete: None,
                     });
+                    let tag = self.tag(c);
                     let req = Req::Write {
                         ino,
                         offset: 0,
                         data: value_bytes(value),
+                        tag,
                     };
-                    // Not repeated by default, unlike the router: a
-                    // repeat may take effect after another client's write.
+                    // Repeated, as the router does: the tag makes the
+                    // volume answer a repeat instead of applying it again.
                     let retry = self.opts.retry_register_writes;
                     self.start_call(c, req, Purpose::RegWrite { hist }, retry);
                 } else {
@@ -2086,6 +2131,7 @@ fn same_seed_same_run() {
 fn acks_before_quorum_are_caught() {
     let opts = Options {
         mode: Mode::AckBeforeQuorum,
+        tag_writes: true,
         retry_register_writes: false,
     };
     let mut caught = Vec::new();
@@ -2112,6 +2158,31 @@ fn acks_before_quorum_are_caught() {
     assert!(
         !caught.is_empty(),
         "no seed caught a leader that acknowledges before a quorum has the write"
+    );
+}
+
+/// The tags are what makes repeating writes safe: untagged, a repeated
+/// write may take effect twice, the second time after another client's
+/// later write, and some of a fixed set of seeds must then fail
+/// linearizability.
+#[test]
+fn repeated_untagged_writes_are_caught() {
+    let opts = Options {
+        mode: Mode::Correct,
+        tag_writes: false,
+        retry_register_writes: true,
+    };
+    let caught: Vec<u64> = (0..40)
+        .filter(|&seed| {
+            sim(seed, opts)
+                .failure
+                .is_some_and(|f| f.contains("failed: linearizability"))
+        })
+        .collect();
+    println!("repeated untagged writes caught by seeds {caught:?}");
+    assert!(
+        !caught.is_empty(),
+        "no seed caught a write that took effect twice"
     );
 }
 

@@ -17,7 +17,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use holdfast_core::fs::{FsEvent, FsMachine, FsOp, FsProposal, FsReply, FsView, Stats};
+use holdfast_core::fs::{FsEvent, FsMachine, FsOp, FsProposal, FsReply, FsView, OpTag, Stats};
 use holdfast_core::group::{self, GroupError, GroupStatus, Output, RaftGroup};
 use holdfast_core::limits;
 use holdfast_core::meta::{
@@ -73,6 +73,7 @@ pub enum Input {
     FsOp {
         volume: u64,
         op: FsOp,
+        tag: Option<OpTag>,
         reply: oneshot::Sender<VolReply>,
     },
     FsRead {
@@ -210,9 +211,18 @@ impl DriverHandle {
     }
 
     /// Replicates `op` on local volume replica `volume`, if it leads.
-    pub async fn vol_op(&self, volume: u64, op: FsOp) -> VolReply {
+    pub async fn vol_op(&self, volume: u64, op: FsOp, tag: Option<OpTag>) -> VolReply {
         let (reply, rx) = oneshot::channel();
-        self.ask(Input::FsOp { volume, op, reply }, rx).await
+        self.ask(
+            Input::FsOp {
+                volume,
+                op,
+                tag,
+                reply,
+            },
+            rx,
+        )
+        .await
     }
 
     /// A view of local replica `volume` at a linearizable point, if it leads.
@@ -267,9 +277,8 @@ impl DriverHandle {
     async fn ask(&self, input: Input, rx: oneshot::Receiver<VolReply>) -> VolReply {
         match self.call(input, rx).await {
             Ok(r) => r,
-            // Sent but unanswered: an op may still commit, outcome unknown.
-            Err(CallError::NoAnswer) => VolReply::Op(Err(libc::EIO)),
-            // Not taken: safe to try another replica.
+            // Not taken, or sent but unanswered (an op may still commit):
+            // the caller asks again, which a tagged op makes safe.
             Err(e) => VolReply::Unavailable(e.to_string()),
         }
     }
@@ -666,7 +675,12 @@ impl Driver {
                     Err(e) => self.refuse(reply, e)?,
                 }
             }
-            Input::FsOp { volume, op, reply } => {
+            Input::FsOp {
+                volume,
+                op,
+                tag,
+                reply,
+            } => {
                 let req_id = self.req_id();
                 let me = self.meta.id();
                 let Some(v) = self.volumes.get_mut(&volume) else {
@@ -687,6 +701,7 @@ impl Driver {
                 let proposal = wire::encode(&FsProposal {
                     req_id,
                     origin: me,
+                    tag,
                     op,
                 });
                 if is_write && broken(Break::AckBeforeQuorum) {
@@ -898,8 +913,12 @@ impl Driver {
                 .collect();
             for k in expired {
                 if let Some((reply, _)) = v.pending.remove(&k) {
-                    // It may still commit: the outcome is unknown.
-                    let _ = reply.send(VolReply::Op(Err(libc::EIO)));
+                    // It may still commit: the outcome is unknown. The
+                    // caller asks again (its op is tagged, so a repeat is
+                    // answered, not applied twice) until its own deadline.
+                    let _ = reply.send(VolReply::Unavailable(
+                        "no result in time; the outcome is unknown".into(),
+                    ));
                 }
             }
             if v.reads

@@ -444,7 +444,13 @@ async fn run(
     let mut registry = prometheus_client::registry::Registry::default();
     metrics.register(&mut registry, transport.metrics());
     registry.register_collector(Box::new(metrics::PluginMetrics(plugins.host.clone())));
-    let volumes = Arc::new(volume::Volumes::new(handle.clone(), transport.clone(), me));
+    let first_seq = volume::op_seq_start(&*s.engine).map_err(NodeError::Local)?;
+    let volumes = Arc::new(volume::Volumes::new(
+        handle.clone(),
+        transport.clone(),
+        me,
+        first_seq,
+    ));
     let mounts = Arc::new(mounts::Mounts::new(
         dir.clone(),
         volumes.clone(),

@@ -4,11 +4,11 @@
 //! bounded wait; [`serve_local`] answers a request against a local
 //! replica.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use holdfast_core::fs::{Errno, FsOp, FsReply, FsView};
+use holdfast_core::fs::{Errno, FsOp, FsReply, FsView, OpTag};
 use holdfast_core::limits;
 use holdfast_core::meta::Command;
 use holdfast_core::wire::{
@@ -23,7 +23,7 @@ use crate::faults::{broken, Break};
 /// Answers `req` from this node's replica.
 pub async fn serve_local(driver: &DriverHandle, req: VolRequest) -> VolReply {
     match req {
-        VolRequest::Op { volume, op } => driver.vol_op(volume, op).await,
+        VolRequest::Op { volume, op, tag } => driver.vol_op(volume, op, tag).await,
         VolRequest::Read { volume, read } => match driver.vol_read(volume).await {
             Ok(view) => VolReply::Read(do_read(&view, read)),
             Err(reply) => reply,
@@ -84,12 +84,12 @@ async fn serve_snapshot(
 }
 
 /// Whether asking again, after an attempt whose outcome is unknown, cannot
-/// change the result: reads, and reaps. Not writes of bytes or attributes,
-/// although they look idempotent: if the first attempt was applied and
-/// another client's write landed after it, the repeat would silently undo
-/// that acknowledged write (found by `core/tests/sim_volume.rs`). They
-/// fail with `EIO` instead, until changes carry ids the volume can
-/// deduplicate.
+/// change the result: reads, reaps, and changes that carry an [`OpTag`]
+/// (the volume answers a repeat with the first result). An untagged write
+/// of bytes or attributes is not, although it looks idempotent: if the
+/// first attempt was applied and another client's write landed after it,
+/// the repeat would silently undo that acknowledged write (found by
+/// `core/tests/sim_volume.rs`).
 fn retry_is_safe(req: &VolRequest) -> bool {
     match req {
         VolRequest::Read { .. }
@@ -99,7 +99,50 @@ fn retry_is_safe(req: &VolRequest) -> bool {
         | VolRequest::Digest { .. }
         | VolRequest::SnapshotManifest { .. }
         | VolRequest::SnapshotValues { .. } => true,
-        VolRequest::Op { op, .. } => matches!(op, FsOp::Reap { .. } | FsOp::ReapNode { .. }),
+        VolRequest::Op { op, tag, .. } => {
+            tag.is_some() || matches!(op, FsOp::Reap { .. } | FsOp::ReapNode { .. })
+        }
+    }
+}
+
+/// Where this node's op sequence numbers start: the count of its starts,
+/// kept in its engine, times 2^40, so that they grow across restarts
+/// whatever the clock does.
+pub fn op_seq_start(engine: &dyn holdfast_storage::Engine) -> Result<u64, String> {
+    const KEY: &[u8] = b"n/op-epoch";
+    let err = |e: holdfast_storage::StorageError| format!("op sequence epoch: {e}");
+    let epoch = match engine.get(KEY).map_err(err)? {
+        Some(b) => u64::from_be_bytes(
+            b.as_slice()
+                .try_into()
+                .map_err(|_| "op sequence epoch: bad value".to_string())?,
+        ),
+        None => 0,
+    } + 1;
+    let mut batch = holdfast_storage::Batch::new();
+    batch.put(KEY, epoch.to_be_bytes().to_vec());
+    engine.write(batch, true).map_err(err)?;
+    Ok(epoch << 40)
+}
+
+/// This node's ops: the next sequence number, and those still waiting for
+/// an answer (the smallest is the low-water mark every op carries).
+#[derive(Debug)]
+struct OpSeqs {
+    next: u64,
+    waiting: BTreeSet<u64>,
+}
+
+/// Removes an op from [`OpSeqs::waiting`] however its call ends.
+struct Waiting<'a>(&'a Mutex<OpSeqs>, u64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .waiting
+            .remove(&self.1);
     }
 }
 
@@ -135,24 +178,46 @@ pub struct Volumes {
     pub transport: Arc<Transport>,
     pub me: u64,
     leaders: Mutex<HashMap<u64, u64>>,
+    ops: Mutex<OpSeqs>,
 }
 
 enum Attempt {
     Done(VolReply),
     /// Not taken; try `next` (or another replica).
     Retry(Option<u64>),
-    /// Sent, but no answer: a change may or may not have happened.
-    Unknown,
+    /// Sent, but no answer: a change may or may not have happened. Carries
+    /// the leader this node's own replica follows now, if it moved on.
+    Unknown(Option<u64>),
 }
 
 impl Volumes {
-    pub fn new(driver: DriverHandle, transport: Arc<Transport>, me: u64) -> Self {
+    /// `first_seq` comes from [`op_seq_start`].
+    pub fn new(driver: DriverHandle, transport: Arc<Transport>, me: u64, first_seq: u64) -> Self {
         Self {
             driver,
             transport,
             me,
             leaders: Mutex::new(HashMap::new()),
+            ops: Mutex::new(OpSeqs {
+                next: first_seq,
+                waiting: BTreeSet::new(),
+            }),
         }
+    }
+
+    /// A tag for a new op, waiting until the guard is dropped.
+    fn begin_op(&self) -> (OpTag, Waiting<'_>) {
+        let mut ops = self.ops.lock().unwrap_or_else(|e| e.into_inner());
+        let seq = ops.next;
+        ops.next += 1;
+        ops.waiting.insert(seq);
+        let low_water = ops.waiting.first().copied().unwrap_or(seq);
+        let tag = OpTag {
+            node: self.me,
+            seq,
+            low_water,
+        };
+        (tag, Waiting(&self.ops, seq))
     }
 
     fn replicas(&self, volume: u64) -> Result<Vec<u64>, Errno> {
@@ -163,7 +228,36 @@ impl Volumes {
             .ok_or(libc::ENOENT)
     }
 
-    async fn attempt(&self, target: u64, req: &VolRequest) -> Attempt {
+    /// The term and leader of this node's replica of `volume`, if any.
+    fn local_leader(&self, volume: u64) -> Option<(u64, Option<u64>)> {
+        self.driver
+            .shared()
+            .volumes
+            .get(&volume)
+            .map(|(status, _)| (status.term, status.leader))
+    }
+
+    /// Resolves once this node's replica of `volume` follows, in a later
+    /// term, a leader other than `target`: a request `target` has not
+    /// answered will not be answered soon (its leader died or was
+    /// deposed), and one that is safe to repeat goes to the new leader at
+    /// once, without waiting out `VOLUME_ATTEMPT_MS`. Never resolves on a
+    /// node with no replica, nor while its replica lags in an older term.
+    async fn leader_moved(&self, volume: u64, target: u64) -> u64 {
+        let Some((term, _)) = self.local_leader(volume) else {
+            return std::future::pending().await;
+        };
+        loop {
+            tokio::time::sleep(Duration::from_millis(limits::VOLUME_LEADER_WATCH_MS)).await;
+            if let Some((t, Some(l))) = self.local_leader(volume) {
+                if t > term && l != target {
+                    return l;
+                }
+            }
+        }
+    }
+
+    async fn attempt(&self, volume: u64, target: u64, req: &VolRequest) -> Attempt {
         let reply = if target == self.me {
             serve_local(&self.driver, req.clone()).await
         } else {
@@ -185,13 +279,23 @@ impl Volumes {
             let sent =
                 self.transport
                     .request(target, addr, wire::encode(&PeerMsg::Vol(req.clone())));
-            let Ok(answer) = tokio::time::timeout(Duration::from_millis(budget), sent).await else {
-                return Attempt::Unknown;
+            let answer = if retry_is_safe(req) {
+                tokio::select! {
+                    a = tokio::time::timeout(Duration::from_millis(budget), sent) => a,
+                    moved = self.leader_moved(volume, target) => {
+                        return Attempt::Unknown(Some(moved));
+                    }
+                }
+            } else {
+                tokio::time::timeout(Duration::from_millis(budget), sent).await
+            };
+            let Ok(answer) = answer else {
+                return Attempt::Unknown(None);
             };
             match answer {
                 Ok(bytes) => match wire::decode::<VolReply>(&bytes, limits::FRAME_BYTES_MAX) {
                     Ok(r) => r,
-                    Err(_) => return Attempt::Unknown,
+                    Err(_) => return Attempt::Unknown(None),
                 },
                 // Nothing was sent: safe to try elsewhere.
                 Err(
@@ -199,7 +303,7 @@ impl Volumes {
                     | TransportError::Timeout
                     | TransportError::Refused(_),
                 ) => return Attempt::Retry(None),
-                Err(_) => return Attempt::Unknown,
+                Err(_) => return Attempt::Unknown(None),
             }
         };
         match reply {
@@ -238,7 +342,7 @@ impl Volumes {
         let mut turn = 0usize;
         let started = Instant::now();
         loop {
-            let attempt = self.attempt(target, &req).await;
+            let attempt = self.attempt(volume, target, &req).await;
             tracing::trace!(
                 volume,
                 target,
@@ -253,14 +357,24 @@ impl Volumes {
                         .insert(volume, target);
                     return Ok(reply);
                 }
-                Attempt::Unknown => {
+                Attempt::Unknown(moved) => {
                     if !retry_is_safe(&req) || Instant::now() >= deadline {
                         // It may or may not have happened.
                         return Err(libc::EIO);
                     }
-                    turn += 1;
-                    target = replicas[turn % replicas.len()];
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    let silent = target;
+                    target = match moved.filter(|m| replicas.contains(m)) {
+                        Some(m) => m,
+                        None => {
+                            // Not the replica that just stayed silent.
+                            turn += 1;
+                            if replicas[turn % replicas.len()] == silent && replicas.len() > 1 {
+                                turn += 1;
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            replicas[turn % replicas.len()]
+                        }
+                    };
                 }
                 Attempt::Retry(hint) => {
                     if Instant::now() >= deadline {
@@ -279,8 +393,16 @@ impl Volumes {
         }
     }
 
+    /// Applies `op` once, however often it has to be asked: a repeat after
+    /// an unanswered attempt is answered with the first result.
     pub async fn op(&self, volume: u64, op: FsOp) -> Result<FsReply, Errno> {
-        match self.call(volume, VolRequest::Op { volume, op }).await? {
+        let (tag, _waiting) = self.begin_op();
+        let req = VolRequest::Op {
+            volume,
+            op,
+            tag: Some(tag),
+        };
+        match self.call(volume, req).await? {
             VolReply::Op(r) => r,
             _ => Err(libc::EIO),
         }
@@ -456,15 +578,34 @@ mod tests {
     use super::*;
 
     fn op(op: FsOp) -> VolRequest {
-        VolRequest::Op { volume: 1, op }
+        VolRequest::Op {
+            volume: 1,
+            op,
+            tag: None,
+        }
     }
 
     #[test]
-    fn only_reads_and_reaps_are_repeated_after_an_unknown_outcome() {
+    fn only_reads_reaps_and_tagged_ops_are_repeated_after_an_unknown_outcome() {
         assert!(retry_is_safe(&VolRequest::Status { volume: 1 }));
         assert!(retry_is_safe(&op(FsOp::Reap { ino: 5 })));
+        let tagged = VolRequest::Op {
+            volume: 1,
+            op: FsOp::Write {
+                ino: 5,
+                offset: 0,
+                data: b"x".to_vec(),
+                now_ns: 0,
+            },
+            tag: Some(OpTag {
+                node: 1,
+                seq: 7,
+                low_water: 7,
+            }),
+        };
+        assert!(retry_is_safe(&tagged));
         // A repeated write could land after another client's write and
-        // undo it (core/tests/sim_volume.rs, HOLDFAST_SIM_RETRY_WRITES).
+        // undo it (core/tests/sim_volume.rs, HOLDFAST_SIM_UNTAGGED_WRITES).
         let write = FsOp::Write {
             ino: 5,
             offset: 0,
