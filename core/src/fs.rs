@@ -544,7 +544,6 @@ impl FsMachine {
         self.view.clone()
     }
 
-    /// Applies one op; the caller writes `batch`.
     /// Applies `op` once per `tag`: a repeat gets the result of the first
     /// time, and an op older than its node's low-water mark fails with
     /// `EIO` without being applied.
@@ -591,6 +590,7 @@ impl FsMachine {
         result
     }
 
+    /// Applies one op; the caller writes `batch`.
     pub fn apply_op(&mut self, op: FsOp, batch: &mut Batch) -> FsResult {
         let mut stats = self.stats;
         let r = {

@@ -101,10 +101,16 @@ pub const DISK_RESERVE_HYSTERESIS_BYTES: u64 = 64 << 20;
 /// How long a volume operation waits for a reachable leader before it
 /// fails with EIO (a volume that lost its majority never hangs).
 pub const VOLUME_WAIT_MS: u64 = 10_000;
-/// How long one attempt of a volume request that is safe to repeat (a
-/// read, a write of bytes at an offset) waits for the node it asked before
-/// asking another: a leader that just died never answers.
-pub const VOLUME_ATTEMPT_MS: u64 = 2_000;
+/// While a volume request that is safe to repeat (a read, a tagged change)
+/// waits for the leader it asked, how often that leader is asked whether
+/// it still leads; one that does not answer within `VOLUME_PROBE_MS`, or no
+/// longer leads, is given up on and the request asked of another replica
+/// (a leader that just died never answers). So a node without a replica
+/// of the volume finds a dead leader out within about a second, while the
+/// election takes one to two.
+pub const VOLUME_ATTEMPT_MS: u64 = 500;
+/// How long that question waits for its answer.
+pub const VOLUME_PROBE_MS: u64 = 500;
 /// How often a request that waits on a volume's leader looks whether this
 /// node's replica of the volume follows another leader meanwhile.
 pub const VOLUME_LEADER_WATCH_MS: u64 = 50;

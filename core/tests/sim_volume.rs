@@ -31,7 +31,9 @@
 //! (`node/src/volume.rs`, `node/src/driver.rs`): a request goes to the
 //! replica believed to lead; "not leader" answers are followed to the hint
 //! or to the next of the current replicas; an attempt with no answer within
-//! `VOLUME_ATTEMPT_MS` is repeated elsewhere when repeating is safe (reads,
+//! `VOLUME_ATTEMPT_MS` is repeated elsewhere when repeating is safe (the
+//! node instead asks a silent leader whether it still leads, and repeats
+//! only if it does not; the simulation repeats more eagerly: reads,
 //! and writes, which carry an [`OpTag`] so that the volume answers a repeat
 //! with the first result instead of applying it again), and a call gives
 //! up after `VOLUME_WAIT_MS`. The leader proposes an [`FsProposal`] and
@@ -203,6 +205,9 @@ impl Faults {
         }
     }
 }
+
+/// The first op `seq` of a client.
+const FIRST_OP: u64 = limits::FS_OP_RESULTS_BLOCK - 4;
 
 /// How the simulated system behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -734,7 +739,7 @@ impl World {
                     acked: 0,
                     seen: 0,
                 },
-                next_op: 1,
+                next_op: FIRST_OP,
                 leader: None,
                 call: None,
                 wake_at: 0,
@@ -745,7 +750,7 @@ impl World {
             clients.push(Client {
                 id: clients.len() as u64 + 1,
                 work: Work::Register,
-                next_op: 1,
+                next_op: FIRST_OP,
                 leader: None,
                 call: None,
                 wake_at: 0,
@@ -923,6 +928,12 @@ impl World {
             }
             let mut new_round = None;
             if status.role != StateRole::Leader {
+                // A deposed leader's proposals may still commit: the driver
+                // answers "unavailable, outcome unknown" at once, which the
+                // router follows like "not leader".
+                for (_, (who, _)) in std::mem::take(&mut node.pending) {
+                    replies.push((who, Reply::NotLeader(None)));
+                }
                 // Readers of a deposed leader go elsewhere.
                 let round = node.reads.round.take().map(|(_, r, _)| r);
                 for r in node.reads.queued.drain(..).chain(round.unwrap_or_default()) {
@@ -1565,18 +1576,22 @@ impl World {
     }
 
     /// The tag of client `c`'s next write (`None` without tags). A client
-    /// makes one call at a time, so it waits on nothing older.
+    /// makes one call at a time, so it waits on nothing older; its
+    /// low-water mark still lags by up to 3 at random (a node with several
+    /// ops in flight), and its numbers start just below a block boundary,
+    /// so that kept results are deleted during the run.
     fn tag(&mut self, c: usize) -> Option<OpTag> {
         if !self.opts.tag_writes {
             return None;
         }
+        let lag = self.rng.gen_range(0..=3);
         let cl = &mut self.clients[c];
         let seq = cl.next_op;
         cl.next_op += 1;
         Some(OpTag {
             node: cl.id,
             seq,
-            low_water: seq,
+            low_water: seq.saturating_sub(lag).max(FIRST_OP),
         })
     }
 

@@ -1237,6 +1237,17 @@ impl Driver {
                     let _ = r.send(Ok(v.group.state_machine().view()));
                 }
             }
+            if st.role != StateRole::Leader && !v.pending.is_empty() {
+                // A deposed leader's proposals may still commit under the
+                // next leader: their outcome is unknown, and their callers
+                // ask again at once (their ops are tagged, so a repeat is
+                // answered, not applied twice).
+                for (_, (reply, _)) in std::mem::take(&mut v.pending) {
+                    let _ = reply.send(VolReply::Unavailable(
+                        "the leadership moved; the outcome is unknown".into(),
+                    ));
+                }
+            }
             if st.role != StateRole::Leader {
                 // Readers of a deposed leader go elsewhere.
                 for r in v

@@ -257,6 +257,31 @@ impl Volumes {
         }
     }
 
+    /// Resolves once `target` stops answering a status request within
+    /// `VOLUME_PROBE_MS`, or answers that it does not lead `volume`; asked
+    /// every `VOLUME_ATTEMPT_MS` while a request to it waits.
+    async fn target_lost(&self, volume: u64, target: u64, addr: std::net::SocketAddr) {
+        let probe = wire::encode(&PeerMsg::Vol(VolRequest::Status { volume }));
+        loop {
+            tokio::time::sleep(Duration::from_millis(limits::VOLUME_ATTEMPT_MS)).await;
+            let answer = tokio::time::timeout(
+                Duration::from_millis(limits::VOLUME_PROBE_MS),
+                self.transport.request(target, addr, probe.clone()),
+            )
+            .await;
+            let leads = match answer {
+                Ok(Ok(bytes)) => matches!(
+                    wire::decode::<VolReply>(&bytes, limits::FRAME_BYTES_MAX),
+                    Ok(VolReply::Status(s)) if s.leader == Some(target)
+                ),
+                _ => false,
+            };
+            if !leads {
+                return;
+            }
+        }
+    }
+
     async fn attempt(&self, volume: u64, target: u64, req: &VolRequest) -> Attempt {
         let reply = if target == self.me {
             serve_local(&self.driver, req.clone()).await
@@ -269,25 +294,27 @@ impl Volumes {
             else {
                 return Attempt::Retry(None);
             };
-            // A leader that died with our request never answers; do not
-            // wait for the connection to time out when asking again is safe.
-            let budget = if retry_is_safe(req) {
-                limits::VOLUME_ATTEMPT_MS
-            } else {
-                limits::VOLUME_WAIT_MS
-            };
             let sent =
                 self.transport
                     .request(target, addr, wire::encode(&PeerMsg::Vol(req.clone())));
+            let wait = Duration::from_millis(limits::VOLUME_WAIT_MS);
+            // A leader that died with our request never answers; when
+            // asking again is safe, do not wait for the connection to time
+            // out. A slow leader that is alive and still leads is waited
+            // for: asking it again would only queue a second copy behind
+            // the first.
             let answer = if retry_is_safe(req) {
                 tokio::select! {
-                    a = tokio::time::timeout(Duration::from_millis(budget), sent) => a,
+                    a = tokio::time::timeout(wait, sent) => a,
                     moved = self.leader_moved(volume, target) => {
                         return Attempt::Unknown(Some(moved));
                     }
+                    () = self.target_lost(volume, target, addr) => {
+                        return Attempt::Unknown(None);
+                    }
                 }
             } else {
-                tokio::time::timeout(Duration::from_millis(budget), sent).await
+                tokio::time::timeout(wait, sent).await
             };
             let Ok(answer) = answer else {
                 return Attempt::Unknown(None);
@@ -308,7 +335,10 @@ impl Volumes {
         };
         match reply {
             VolReply::NotLeader { leader } => Attempt::Retry(leader.filter(|l| *l != target)),
-            VolReply::Unavailable(_) => Attempt::Retry(None),
+            // Not taken, or taken with an outcome it cannot tell (a
+            // proposal that outlived `PROPOSAL_TIMEOUT_MS`, or a leader that
+            // lost its leadership with it).
+            VolReply::Unavailable(_) => Attempt::Unknown(None),
             // A local timeout of a proposal: outcome unknown.
             other => Attempt::Done(other),
         }
@@ -341,6 +371,13 @@ impl Volumes {
         }
         let mut turn = 0usize;
         let started = Instant::now();
+        // Whether an earlier attempt may have been taken: then a refusal
+        // before proposing (ENOSPC) does not mean the change did not happen.
+        let mut maybe_taken = false;
+        // Replicas that left an attempt unanswered: followers go on naming
+        // a dead leader until their election timeout, and their hints to
+        // it are not followed (the rotation still comes back to it).
+        let mut silent = BTreeSet::new();
         loop {
             let attempt = self.attempt(volume, target, &req).await;
             tracing::trace!(
@@ -355,20 +392,25 @@ impl Volumes {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(volume, target);
+                    if maybe_taken && matches!(reply, VolReply::Op(Err(libc::ENOSPC))) {
+                        return Ok(VolReply::Op(Err(libc::EIO)));
+                    }
                     return Ok(reply);
                 }
                 Attempt::Unknown(moved) => {
+                    maybe_taken = true;
                     if !retry_is_safe(&req) || Instant::now() >= deadline {
                         // It may or may not have happened.
                         return Err(libc::EIO);
                     }
-                    let silent = target;
+                    silent.insert(target);
+                    let was = target;
                     target = match moved.filter(|m| replicas.contains(m)) {
                         Some(m) => m,
                         None => {
                             // Not the replica that just stayed silent.
                             turn += 1;
-                            if replicas[turn % replicas.len()] == silent && replicas.len() > 1 {
+                            if replicas[turn % replicas.len()] == was && replicas.len() > 1 {
                                 turn += 1;
                             }
                             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -380,7 +422,7 @@ impl Volumes {
                     if Instant::now() >= deadline {
                         return Err(libc::EIO);
                     }
-                    target = match hint.filter(|h| replicas.contains(h)) {
+                    target = match hint.filter(|h| replicas.contains(h) && !silent.contains(h)) {
                         Some(h) => h,
                         None => {
                             turn += 1;

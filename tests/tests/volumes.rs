@@ -350,9 +350,41 @@ impl Fsx {
 
 #[test]
 fn acknowledged_fsyncs_survive_a_kill_of_the_leader() {
-    let (mut c, m) = three_mounts();
+    let (c, m) = three_mounts();
     let leader = leader_index(&c);
     let writer = (0..3).find(|&i| i != leader).unwrap();
+    fsyncs_survive_a_kill_of_the_leader(c, m, writer);
+}
+
+/// The same, written from a node that holds no replica: it cannot see the
+/// election, so it finds out by asking the silent leader whether it still
+/// leads.
+#[test]
+fn acknowledged_fsyncs_from_a_node_without_a_replica_survive_a_kill_of_the_leader() {
+    let c = Cluster::start(4);
+    c.wait_converged(0, 4);
+    c.create_volume("web", 3);
+    let status = wait_until("the volume's replicas", Duration::from_secs(20), || {
+        c.volume_status(0, "web")
+    });
+    let replicas: Vec<String> = status["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["node"].as_str().unwrap().to_string())
+        .collect();
+    let writer = (0..4)
+        .find(|&i| !replicas.contains(&c.nodes[i].name))
+        .expect("a node without a replica");
+    let m = (0..4).map(|i| c.mount(i, "web")).collect();
+    fsyncs_survive_a_kill_of_the_leader(c, m, writer);
+}
+
+/// Node `writer` appends fsync'd records through its mount while the
+/// volume's leader is killed; every acknowledged record must survive.
+fn fsyncs_survive_a_kill_of_the_leader(mut c: Cluster, m: Vec<PathBuf>, writer: usize) {
+    let leader = leader_index(&c);
+    assert_ne!(leader, writer);
     let path = m[writer].join("log");
     let stop = Arc::new(AtomicBool::new(false));
     // Records acknowledged so far: the test moves on progress, not on the
@@ -431,7 +463,7 @@ fn acknowledged_fsyncs_survive_a_kill_of_the_leader() {
     c.wait_api(leader);
     // Every acknowledged record is there, in order, with the right bytes,
     // seen from every surviving mount.
-    for i in (0..3).filter(|&i| i != leader) {
+    for i in (0..m.len()).filter(|&i| i != leader) {
         let text = std::fs::read_to_string(m[i].join("log")).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert!(
