@@ -125,6 +125,21 @@ pub fn op_seq_start(engine: &dyn holdfast_storage::Engine) -> Result<u64, String
     Ok(epoch << 40)
 }
 
+/// The next replica to ask in turn, passing over those that left an
+/// attempt unanswered (all of them again once every one has).
+fn next_replica(replicas: &[u64], turn: &mut usize, silent: &mut BTreeSet<u64>) -> u64 {
+    if replicas.iter().all(|r| silent.contains(r)) {
+        silent.clear();
+    }
+    loop {
+        *turn += 1;
+        let r = replicas[*turn % replicas.len()];
+        if !silent.contains(&r) {
+            return r;
+        }
+    }
+}
+
 /// This node's ops: the next sequence number, and those still waiting for
 /// an answer (the smallest is the low-water mark every op carries).
 #[derive(Debug)]
@@ -374,9 +389,9 @@ impl Volumes {
         // Whether an earlier attempt may have been taken: then a refusal
         // before proposing (ENOSPC) does not mean the change did not happen.
         let mut maybe_taken = false;
-        // Replicas that left an attempt unanswered: followers go on naming
-        // a dead leader until their election timeout, and their hints to
-        // it are not followed (the rotation still comes back to it).
+        // Replicas that left an attempt unanswered (a dead leader, which
+        // followers go on naming until their election timeout): neither
+        // their hints nor the rotation lead back to them.
         let mut silent = BTreeSet::new();
         loop {
             let attempt = self.attempt(volume, target, &req).await;
@@ -404,17 +419,11 @@ impl Volumes {
                         return Err(libc::EIO);
                     }
                     silent.insert(target);
-                    let was = target;
                     target = match moved.filter(|m| replicas.contains(m)) {
                         Some(m) => m,
                         None => {
-                            // Not the replica that just stayed silent.
-                            turn += 1;
-                            if replicas[turn % replicas.len()] == was && replicas.len() > 1 {
-                                turn += 1;
-                            }
                             tokio::time::sleep(Duration::from_millis(20)).await;
-                            replicas[turn % replicas.len()]
+                            next_replica(&replicas, &mut turn, &mut silent)
                         }
                     };
                 }
@@ -425,9 +434,8 @@ impl Volumes {
                     target = match hint.filter(|h| replicas.contains(h) && !silent.contains(h)) {
                         Some(h) => h,
                         None => {
-                            turn += 1;
                             tokio::time::sleep(Duration::from_millis(20)).await;
-                            replicas[turn % replicas.len()]
+                            next_replica(&replicas, &mut turn, &mut silent)
                         }
                     };
                 }
