@@ -109,8 +109,13 @@ pub const VOLUME_WAIT_MS: u64 = 10_000;
 /// of the volume finds a dead leader out within about a second, while the
 /// election takes one to two.
 pub const VOLUME_ATTEMPT_MS: u64 = 500;
-/// How long that question waits for its answer.
-pub const VOLUME_PROBE_MS: u64 = 500;
+/// How long that question waits for its answer (it is answered without
+/// waiting on the consensus thread).
+pub const VOLUME_PROBE_MS: u64 = 750;
+/// How long a replica that left a request unanswered is not asked again
+/// within one call: an election timeout and more, after which followers no
+/// longer name a dead leader.
+pub const VOLUME_SILENT_MS: u64 = 2 * ELECTION_TICKS as u64 * TICK_MS;
 /// How often a request that waits on a volume's leader looks whether this
 /// node's replica of the volume follows another leader meanwhile.
 pub const VOLUME_LEADER_WATCH_MS: u64 = 50;

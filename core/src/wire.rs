@@ -86,6 +86,10 @@ pub enum VolRequest {
         index: u64,
         keys: Vec<serde_bytes::ByteBuf>,
     },
+    /// The leader this replica knows, as last published by its consensus
+    /// thread (answered without waiting on that thread, so a busy leader
+    /// still answers at once).
+    Leader { volume: u64 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -183,6 +187,8 @@ pub enum VolReply {
     Unavailable(String),
     /// A replica-set change was proposed (or was already in effect).
     Accepted,
+    /// Answers `VolRequest::Leader`.
+    Leader(Option<u64>),
 }
 
 /// Sent by a node that has no certificate yet, over an unauthenticated

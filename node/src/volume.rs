@@ -4,7 +4,7 @@
 //! bounded wait; [`serve_local`] answers a request against a local
 //! replica.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,13 @@ pub async fn serve_local(driver: &DriverHandle, req: VolRequest) -> VolReply {
             change,
         } => driver.vol_change(volume, node, change).await,
         VolRequest::Digest { volume } => driver.vol_digest(volume).await,
+        VolRequest::Leader { volume } => VolReply::Leader(
+            driver
+                .shared()
+                .volumes
+                .get(&volume)
+                .and_then(|(status, _)| status.leader),
+        ),
         VolRequest::SnapshotManifest {
             volume,
             index,
@@ -97,6 +104,7 @@ fn retry_is_safe(req: &VolRequest) -> bool {
         // The leader checks its configuration first: a repeat is a no-op.
         | VolRequest::ChangeReplica { .. }
         | VolRequest::Digest { .. }
+        | VolRequest::Leader { .. }
         | VolRequest::SnapshotManifest { .. }
         | VolRequest::SnapshotValues { .. } => true,
         VolRequest::Op { op, tag, .. } => {
@@ -127,17 +135,25 @@ pub fn op_seq_start(engine: &dyn holdfast_storage::Engine) -> Result<u64, String
 
 /// The next replica to ask in turn, passing over those that left an
 /// attempt unanswered (all of them again once every one has).
-fn next_replica(replicas: &[u64], turn: &mut usize, silent: &mut BTreeSet<u64>) -> u64 {
-    if replicas.iter().all(|r| silent.contains(r)) {
+fn next_replica(replicas: &[u64], turn: &mut usize, silent: &mut BTreeMap<u64, Instant>) -> u64 {
+    forget_silent(silent);
+    if replicas.iter().all(|r| silent.contains_key(r)) {
         silent.clear();
     }
     loop {
         *turn += 1;
         let r = replicas[*turn % replicas.len()];
-        if !silent.contains(&r) {
+        if !silent.contains_key(&r) {
             return r;
         }
     }
+}
+
+/// A replica that left an attempt unanswered is passed over for
+/// `VOLUME_SILENT_MS` (by then the followers name the new leader, if it
+/// died), then asked again (it may only have been slow).
+fn forget_silent(silent: &mut BTreeMap<u64, Instant>) {
+    silent.retain(|_, since| since.elapsed() < Duration::from_millis(limits::VOLUME_SILENT_MS));
 }
 
 /// This node's ops: the next sequence number, and those still waiting for
@@ -272,11 +288,11 @@ impl Volumes {
         }
     }
 
-    /// Resolves once `target` stops answering a status request within
+    /// Resolves once `target` stops answering `VolRequest::Leader` within
     /// `VOLUME_PROBE_MS`, or answers that it does not lead `volume`; asked
     /// every `VOLUME_ATTEMPT_MS` while a request to it waits.
     async fn target_lost(&self, volume: u64, target: u64, addr: std::net::SocketAddr) {
-        let probe = wire::encode(&PeerMsg::Vol(VolRequest::Status { volume }));
+        let probe = wire::encode(&PeerMsg::Vol(VolRequest::Leader { volume }));
         loop {
             tokio::time::sleep(Duration::from_millis(limits::VOLUME_ATTEMPT_MS)).await;
             let answer = tokio::time::timeout(
@@ -287,7 +303,7 @@ impl Volumes {
             let leads = match answer {
                 Ok(Ok(bytes)) => matches!(
                     wire::decode::<VolReply>(&bytes, limits::FRAME_BYTES_MAX),
-                    Ok(VolReply::Status(s)) if s.leader == Some(target)
+                    Ok(VolReply::Leader(Some(l))) if l == target
                 ),
                 _ => false,
             };
@@ -392,7 +408,7 @@ impl Volumes {
         // Replicas that left an attempt unanswered (a dead leader, which
         // followers go on naming until their election timeout): neither
         // their hints nor the rotation lead back to them.
-        let mut silent = BTreeSet::new();
+        let mut silent = BTreeMap::new();
         loop {
             let attempt = self.attempt(volume, target, &req).await;
             tracing::trace!(
@@ -418,7 +434,7 @@ impl Volumes {
                         // It may or may not have happened.
                         return Err(libc::EIO);
                     }
-                    silent.insert(target);
+                    silent.insert(target, Instant::now());
                     target = match moved.filter(|m| replicas.contains(m)) {
                         Some(m) => m,
                         None => {
@@ -431,7 +447,9 @@ impl Volumes {
                     if Instant::now() >= deadline {
                         return Err(libc::EIO);
                     }
-                    target = match hint.filter(|h| replicas.contains(h) && !silent.contains(h)) {
+                    forget_silent(&mut silent);
+                    target = match hint.filter(|h| replicas.contains(h) && !silent.contains_key(h))
+                    {
                         Some(h) => h,
                         None => {
                             tokio::time::sleep(Duration::from_millis(20)).await;
