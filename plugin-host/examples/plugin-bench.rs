@@ -3,6 +3,11 @@
 //! plain Rust function in this process, plus the cost of instantiation and
 //! the JavaScript and Python example routers when they are built.
 //!
+//! Two inputs: what the proxy passes the router with sticky sessions (the
+//! sticky cookie, four backends), and a heavier one with two headers and a
+//! cookie it does not read. A plugin that forwards without reading its
+//! input gives the floor: what the host and the canonical ABI cost alone.
+//!
 //! Prints p50 and p99 per call in nanoseconds, calls per second on one
 //! core, and the ratios; the added cost is host p50 minus native p50.
 
@@ -11,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use holdfast_plugin::types::router::*;
-use holdfast_plugin::types::{Health, Pair};
+use holdfast_plugin::types::{Health, IpAddress, Pair, SocketAddress};
 use holdfast_plugin::{FailMode, HostConfig, PluginHost, Settings};
 
 fn plugins_dir() -> PathBuf {
@@ -24,6 +29,16 @@ fn plugins_dir() -> PathBuf {
         .join("plugins")
 }
 
+/// What the proxy passes the bundled router with sticky sessions on: the
+/// sticky cookie (pinned to one of four live backends) and no headers.
+fn sticky_input(sequence: u64) -> RouteInput {
+    let mut input = input(sequence);
+    input.request.headers.clear();
+    input.request.cookies[0].value = format!("web-{}", sequence % 4 + 1);
+    input
+}
+
+/// A heavier request: two headers and a cookie the router does not read.
 fn input(sequence: u64) -> RouteInput {
     let backend = |id: &str, weight: u32, load: u32| Backend {
         id: id.into(),
@@ -34,7 +49,7 @@ fn input(sequence: u64) -> RouteInput {
     };
     RouteInput {
         request: Request {
-            method: "GET".into(),
+            method: Method::Get,
             host: "shop.example.com".into(),
             path: "/cart/checkout".into(),
             headers: vec![
@@ -51,7 +66,10 @@ fn input(sequence: u64) -> RouteInput {
                 name: "session".into(),
                 value: "3f2a9c".into(),
             }],
-            client_addr: "198.51.100.7:53122".into(),
+            client: SocketAddress {
+                ip: IpAddress::Ipv4((198, 51, 100, 7)),
+                port: 53122,
+            },
             sequence,
         },
         pools: vec![Pool {
@@ -66,9 +84,9 @@ fn input(sequence: u64) -> RouteInput {
     }
 }
 
-/// The bundled router's default algorithm (plugins/router/src/lib.rs),
-/// as a plain function.
-fn native_route(input: &RouteInput) -> RouteDecision {
+/// The bundled router (plugins/router/src/lib.rs) as a plain function:
+/// weighted round robin, with sticky cookies under the name `sticky`.
+fn native_route(input: &RouteInput, sticky: Option<&str>) -> RouteDecision {
     const WEIGHT_CAP: u32 = 1000;
     let Some(pool) = input.pools.first() else {
         return RouteDecision::Reject(Reject {
@@ -76,12 +94,11 @@ fn native_route(input: &RouteInput) -> RouteDecision {
             reason: "no such pool".into(),
         });
     };
-    let mut live: Vec<&Backend> = Vec::new();
+    let mut live: Vec<(u32, &Backend)> = Vec::new();
     for health in [Health::Healthy, Health::Degraded] {
-        live = pool
-            .backends
-            .iter()
-            .filter(|b| b.health == health && b.weight > 0)
+        live = (0..)
+            .zip(&pool.backends)
+            .filter(|(_, b)| b.health == health && b.weight > 0)
             .collect();
         if !live.is_empty() {
             break;
@@ -93,27 +110,42 @@ fn native_route(input: &RouteInput) -> RouteDecision {
             reason: "no live backend".into(),
         });
     }
+    let forward = |backend: u32| Forward {
+        pool: 0,
+        backend,
+        add_headers: Vec::new(),
+        set_cookie: None,
+    };
+    if let Some(name) = sticky {
+        let pinned = input.request.cookies.iter().find(|c| c.name == name);
+        if let Some(&(i, _)) = pinned.and_then(|c| live.iter().find(|(_, b)| b.id == c.value)) {
+            return RouteDecision::Forward(forward(i));
+        }
+    }
     let weight = |b: &Backend| b.weight.min(WEIGHT_CAP);
-    let total: u64 = live.iter().map(|b| u64::from(weight(b))).sum();
+    let total: u64 = live.iter().map(|(_, b)| u64::from(weight(b))).sum();
     let mut slot = input.request.sequence % total;
     let mut chosen = live[0];
     'rounds: for round in 0..WEIGHT_CAP {
-        for b in &live {
+        for &(i, b) in &live {
             if weight(b) > round {
                 if slot == 0 {
-                    chosen = b;
+                    chosen = (i, b);
                     break 'rounds;
                 }
                 slot -= 1;
             }
         }
     }
-    RouteDecision::Forward(Forward {
-        pool: pool.name.clone(),
-        backend: chosen.id.clone(),
-        add_headers: Vec::new(),
-        set_cookie: None,
-    })
+    let mut f = forward(chosen.0);
+    if let Some(name) = sticky {
+        f.set_cookie = Some(SetCookie {
+            name: name.into(),
+            value: chosen.1.id.clone(),
+            max_age_s: None,
+        });
+    }
+    RouteDecision::Forward(f)
 }
 
 struct Stats {
@@ -178,32 +210,66 @@ fn main() {
     host.install("router", &router, closed(None, None))
         .expect("install router");
     let install_router = t.elapsed();
+    let mut sticky_settings = closed(None, None);
+    sticky_settings.config = [("sticky-cookie".to_string(), "session".to_string())].into();
+    host.install("sticky", &router, sticky_settings)
+        .expect("install router with sticky cookies");
+    let noop = read("test-noop").expect("test-noop.wasm");
+    host.install("noop", &noop, closed(None, None))
+        .expect("install noop");
 
     // Same decisions both ways.
     for i in 0..100 {
-        let via_host = host
-            .route("router", &input(i))
-            .expect("router call")
-            .decision;
-        assert_eq!(via_host, native_route(&input(i)), "sequence {i}");
+        for (plugin, cookie, input) in [
+            ("router", None, input(i)),
+            ("sticky", Some("session"), sticky_input(i)),
+        ] {
+            let via_host = host.route(plugin, &input).expect("router call").decision;
+            assert_eq!(
+                via_host,
+                native_route(&input, cookie),
+                "{plugin}, sequence {i}"
+            );
+        }
     }
     let inputs: Vec<RouteInput> = (0..1024).map(input).collect();
     let pick = |i: u64| &inputs[(i % 1024) as usize];
+    let sticky_inputs: Vec<RouteInput> = (0..1024).map(sticky_input).collect();
+    let pick_sticky = |i: u64| &sticky_inputs[(i % 1024) as usize];
 
-    let native = measure(n, |i| {
-        black_box(native_route(black_box(pick(i))));
-    });
     // The router keeps its default 1 ms deadline; on a busy machine a call
     // descheduled for longer times out, and is counted, not fatal.
     let mut failed = 0;
+    let native_sticky = measure(n, |i| {
+        black_box(native_route(black_box(pick_sticky(i)), Some("session")));
+    });
+    let sticky = measure(n, |i| {
+        failed += usize::from(black_box(host.route("sticky", pick_sticky(i))).is_err());
+    });
+    let floor = measure(n, |i| {
+        failed += usize::from(black_box(host.route("noop", pick_sticky(i))).is_err());
+    });
+    let native = measure(n, |i| {
+        black_box(native_route(black_box(pick(i)), None));
+    });
     let via_host = measure(n, |i| {
         failed += usize::from(black_box(host.route("router", pick(i))).is_err());
     });
-    // PLUGIN_BENCH_WARM_ONLY=1 stops after the first two rows (for
-    // profiling the warm call).
+    let warm_rows = || {
+        row(
+            "sticky router, native Rust fn",
+            &native_sticky,
+            &native_sticky,
+        );
+        row("sticky router, Wasm via host", &sticky, &native_sticky);
+        row("  a plugin that reads nothing", &floor, &native_sticky);
+        row("router, heavy input, native fn", &native, &native);
+        row("router, heavy input, via host", &via_host, &native);
+    };
+    // PLUGIN_BENCH_WARM_ONLY=1 stops after the warm rows (for profiling
+    // the warm call).
     if std::env::var_os("PLUGIN_BENCH_WARM_ONLY").is_some() {
-        row("router, native Rust fn", &native, &native);
-        row("router, Wasm via host", &via_host, &native);
+        warm_rows();
         return;
     }
     let instantiate = measure(n, |_| {
@@ -220,9 +286,8 @@ fn main() {
         "{:<34} {:>10} {:>10} {:>12} {:>10} {:>10}",
         "", "p50", "p99", "calls/s", "p50 ratio", "added p50"
     );
-    row("router, native Rust fn", &native, &native);
-    row("router, Wasm via host", &via_host, &native);
-    row("  of which instantiation", &instantiate, &native);
+    warm_rows();
+    row("a new instance of the router", &instantiate, &native);
 
     for (name, label) in [
         ("js-router", "JS example router via host"),

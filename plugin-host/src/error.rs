@@ -101,6 +101,9 @@ pub enum CallError {
     Trap(String),
     #[error("decision is {bytes} bytes; at most {max} are allowed")]
     OutputTooLarge { bytes: usize, max: usize },
+    /// A decision that names something the input does not have.
+    #[error("bad decision: {0}")]
+    BadDecision(String),
     #[error("no free plugin instance slot")]
     Busy,
 }
@@ -131,6 +134,7 @@ impl CallError {
                 | CallError::MemoryLimit { .. }
                 | CallError::Trap(_)
                 | CallError::OutputTooLarge { .. }
+                | CallError::BadDecision(_)
         )
     }
 }

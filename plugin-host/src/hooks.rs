@@ -174,6 +174,12 @@ pub trait Hook: sealed::Sealed {
 
     /// The built-in decision (fail open).
     fn fallback(input: &Self::Input) -> Self::Output;
+
+    /// Why `output` cannot answer `input`, if it cannot (a forward to a
+    /// backend the input does not have). Sizes are checked elsewhere.
+    fn check(_input: &Self::Input, _output: &Self::Output) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Marker types for [`Hook`].
@@ -220,10 +226,10 @@ impl Hook for RouterHook {
                 reason: "no pool".into(),
             });
         };
-        let live: Vec<_> = pool
-            .backends
-            .iter()
-            .filter(|b| b.health == Health::Healthy && b.weight > 0)
+        let live: Vec<u32> = (0..)
+            .zip(&pool.backends)
+            .filter(|(_, b)| b.health == Health::Healthy && b.weight > 0)
+            .map(|(i, _)| i)
             .collect();
         if live.is_empty() {
             return RouteDecision::Reject(Reject {
@@ -231,13 +237,34 @@ impl Hook for RouterHook {
                 reason: "no live backend".into(),
             });
         }
-        let b = live[(input.request.sequence % live.len() as u64) as usize];
         RouteDecision::Forward(Forward {
-            pool: pool.name.clone(),
-            backend: b.id.clone(),
+            pool: 0,
+            backend: live[(input.request.sequence % live.len() as u64) as usize],
             add_headers: Vec::new(),
             set_cookie: None,
         })
+    }
+
+    fn check(input: &RouteInput, output: &RouteDecision) -> Result<(), String> {
+        let RouteDecision::Forward(f) = output else {
+            return Ok(());
+        };
+        let Some(pool) = input.pools.get(f.pool as usize) else {
+            return Err(format!(
+                "forward to pool {}, but the input has {} pools",
+                f.pool,
+                input.pools.len()
+            ));
+        };
+        if pool.backends.get(f.backend as usize).is_none() {
+            return Err(format!(
+                "forward to backend {} of pool {}, which has {} backends",
+                f.backend,
+                f.pool,
+                pool.backends.len()
+            ));
+        }
+        Ok(())
     }
 }
 

@@ -281,7 +281,10 @@ impl Ticker {
 
     fn enter(&self) -> Running<'_> {
         self.shared.running.fetch_add(1, Ordering::SeqCst);
-        if self.shared.parked.swap(false, Ordering::SeqCst) {
+        // A plain load first: the swap writes the line the ticker reads.
+        if self.shared.parked.load(Ordering::SeqCst)
+            && self.shared.parked.swap(false, Ordering::SeqCst)
+        {
             if let Some(t) = &self.thread {
                 t.thread().unpark();
             }
@@ -349,6 +352,11 @@ impl PluginHost {
             // the stack on every trap would make a trapping plugin costlier.
             .wasm_backtrace_max_frames(None)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // For `perf`: names the plugins' functions in /tmp/perf-PID.map
+        // (from the component's name section, when it kept one).
+        if std::env::var_os("HOLDFAST_PLUGIN_PERFMAP").is_some() {
+            cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&cfg).map_err(|e| HostError::Engine(one_line(&e)))?;
 
         let mut linker: Linker<Ctx> = Linker::new(&engine);
@@ -644,7 +652,7 @@ impl PluginHost {
         // under the longest deadline allowed.
         let trial = {
             let _running = self.ticker.enter();
-            let mut store = self.store(&version);
+            let mut store = self.store(&version, Instant::now());
             let longest = Duration::from_millis(PLUGIN_DEADLINE_MS_MAX);
             store.data_mut().deadline = longest;
             store.set_epoch_deadline((PLUGIN_DEADLINE_MS_MAX * 1000).div_ceil(tick_us) + 1);
@@ -802,7 +810,7 @@ impl PluginHost {
     }
 
     /// A store for instances of `v`, with its limits.
-    fn store(&self, v: &Version) -> Store<Ctx> {
+    fn store(&self, v: &Version, started: Instant) -> Store<Ctx> {
         let ctx = Ctx::new(
             v.state.clone(),
             usize::try_from(v.memory_bytes).unwrap_or(usize::MAX),
@@ -823,7 +831,7 @@ impl PluginHost {
                 wasmtime::UpdateDeadline::Continue(1)
             })
         });
-        store.data_mut().begin_call();
+        store.data_mut().begin_call(started);
         store.set_epoch_deadline(v.deadline_ticks);
         store
     }
@@ -859,13 +867,15 @@ impl PluginHost {
             return fail::<H>(&entry, &version, input, CallError::Quarantined(name.into()));
         }
         let started = Instant::now();
-        let result = self.invoke::<H>(&version, input);
+        let result = self.invoke::<H>(&version, input, started);
         let took = started.elapsed();
         let outcome = match &result {
             Ok(_) => Some(Outcome::Ok),
             Err(CallError::Deadline { .. }) => Some(Outcome::Timeout),
             Err(CallError::MemoryLimit { .. }) => Some(Outcome::Memory),
-            Err(CallError::OutputTooLarge { .. }) => Some(Outcome::BadOutput),
+            Err(CallError::OutputTooLarge { .. } | CallError::BadDecision(_)) => {
+                Some(Outcome::BadOutput)
+            }
             Err(CallError::Trap(_)) => Some(Outcome::Trap),
             Err(_) => None,
         };
@@ -897,7 +907,7 @@ impl PluginHost {
     pub fn probe(&self, name: &str) -> Result<(), CallError> {
         let version = self.entry(name)?.active();
         let _running = self.ticker.enter();
-        let mut store = self.store(&version);
+        let mut store = self.store(&version, Instant::now());
         version
             .pre
             .instantiate(&mut store)
@@ -908,17 +918,22 @@ impl PluginHost {
     /// One call on an idle instance of `v`, or on a new one. An instance
     /// goes back to the idle list only after a call that fully succeeded,
     /// so a trap, an overrun or a bad answer never reaches a later call.
-    fn invoke<H: Hook>(&self, v: &Version, input: &H::Input) -> Result<H::Output, CallError> {
+    fn invoke<H: Hook>(
+        &self,
+        v: &Version,
+        input: &H::Input,
+        started: Instant,
+    ) -> Result<H::Output, CallError> {
         let _running = self.ticker.enter();
         let idle = lock(&v.idle).pop();
         let mut instance = match idle {
             Some(mut i) => {
-                i.store.data_mut().begin_call();
+                i.store.data_mut().begin_call(started);
                 i.store.set_epoch_deadline(v.deadline_ticks);
                 i
             }
             None => {
-                let mut store = self.store(v);
+                let mut store = self.store(v, started);
                 let bound = v
                     .pre
                     .instantiate(&mut store)
@@ -939,6 +954,7 @@ impl PluginHost {
                 max: PLUGIN_OUTPUT_BYTES_MAX,
             });
         }
+        H::check(input, &out).map_err(CallError::BadDecision)?;
         self.park(v, instance);
         Ok(out)
     }

@@ -176,12 +176,12 @@ impl Ctx {
     }
 
     /// Starts a call on the current thread: fresh budgets and clocks.
-    pub(crate) fn begin_call(&mut self) {
+    pub(crate) fn begin_call(&mut self, started: std::time::Instant) {
         self.host_calls = 0;
         self.log_lines = 0;
         self.logs_dropped = 0;
         self.limiter.memory_denied = false;
-        self.wall_started = std::time::Instant::now();
+        self.wall_started = started;
         self.first_fire = None;
     }
 

@@ -31,7 +31,9 @@ pub use wire::WireSize;
 
 /// The records of each world, as generated from `wit/` (with serde).
 pub mod types {
-    pub use crate::bindings::router::holdfast::plugin::types::{Health, Pair};
+    pub use crate::bindings::router::holdfast::plugin::types::{
+        Health, IpAddress, Pair, SocketAddress,
+    };
 
     /// `router` world: [`router::RouteInput`] in, [`router::RouteDecision`] out.
     pub mod router {

@@ -7,7 +7,7 @@ use crate::types::deploy::*;
 use crate::types::failover::*;
 use crate::types::router::*;
 use crate::types::sql::*;
-use crate::types::{Health, Pair};
+use crate::types::{Health, IpAddress, Pair, SocketAddress};
 
 pub trait WireSize {
     fn wire_bytes(&self) -> usize;
@@ -64,7 +64,8 @@ macro_rules! record {
 }
 record! {
     Pair { name, value }
-    Request { method, host, path, headers, cookies, client_addr, sequence }
+    SocketAddress { ip, port }
+    Request { method, host, path, headers, cookies, client, sequence }
     Backend { id, health, weight, load, version }
     Pool { name, backends }
     RouteInput { request, pools }
@@ -72,7 +73,7 @@ record! {
     Forward { pool, backend, add_headers, set_cookie }
     Reject { status, reason }
     Redirect { status, location }
-    Query { kind, in_transaction, user, database, client_addr, hint, sequence }
+    Query { kind, in_transaction, user, database, client, hint, sequence }
     Server { id, role, health, lag_ms, zone, load }
     SqlInput { query, servers }
     Member { id, zone, role, health, position, reachable }
@@ -91,6 +92,24 @@ impl WireSize for RouteDecision {
             RouteDecision::Forward(f) => f.wire_bytes(),
             RouteDecision::Reject(r) => r.wire_bytes(),
             RouteDecision::Redirect(r) => r.wire_bytes(),
+        }
+    }
+}
+
+impl WireSize for IpAddress {
+    fn wire_bytes(&self) -> usize {
+        1 + match self {
+            IpAddress::Ipv4(_) => 4,
+            IpAddress::Ipv6(_) => 16,
+        }
+    }
+}
+
+impl WireSize for Method {
+    fn wire_bytes(&self) -> usize {
+        1 + match self {
+            Method::Other(s) => s.wire_bytes(),
+            _ => 0,
         }
     }
 }

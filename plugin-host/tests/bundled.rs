@@ -36,12 +36,11 @@ fn router_balances_and_keeps_sessions_sticky() {
     .unwrap();
     let check =
         |plugin: &str, seq: u64, cookies: &[(&str, &str)], backends: &[&str], expected: &str| {
-            let answer = host
-                .route(plugin, &route_input(seq, cookies, backends))
-                .unwrap();
+            let input = route_input(seq, cookies, backends);
+            let answer = host.route(plugin, &input).unwrap();
             assert!(answer.failure.is_none(), "{:?}", answer.failure);
             assert_eq!(
-                short(&answer.decision),
+                short(&input, &answer.decision),
                 expected,
                 "{plugin} seq {seq} {cookies:?} {backends:?}"
             );
@@ -111,7 +110,7 @@ fn sql_router_sends_writes_to_the_primary_and_reads_to_the_freshest_replica() {
                     in_transaction: in_tx,
                     user: "app".into(),
                     database: "shop".into(),
-                    client_addr: "192.0.2.1:4000".into(),
+                    client: client(),
                     hint: hint.map(Into::into),
                     sequence: 0,
                 },

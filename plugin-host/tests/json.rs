@@ -27,7 +27,7 @@ fn example_inputs_give_json_decisions() {
     check(
         "router",
         "router",
-        json!({"Forward": {"pool": "web", "backend": "web-1", "add_headers": [], "set_cookie": null}}),
+        json!({"Forward": {"pool": 0, "backend": 0, "add_headers": [], "set_cookie": null}}),
     );
     check("sql-router", "sql-router", json!({"Reader": "db-3"}));
     check(

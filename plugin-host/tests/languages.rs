@@ -29,20 +29,22 @@ fn check(plugin: &str, backends: &[&str], expected: &str, routed_by: &str) {
     host.install(plugin, &wasm(plugin), interpreter_settings())
         .unwrap();
     for seq in 0..3 {
-        let answer = host
-            .route(plugin, &route_input(seq, &[], backends))
-            .unwrap();
+        let input = route_input(seq, &[], backends);
+        let answer = host.route(plugin, &input).unwrap();
         assert!(answer.failure.is_none(), "{plugin}: {:?}", answer.failure);
-        assert_eq!(short(&answer.decision), expected, "{plugin} seq {seq}");
+        assert_eq!(
+            short(&input, &answer.decision),
+            expected,
+            "{plugin} seq {seq}"
+        );
         let RouteDecision::Forward(f) = &answer.decision else {
             unreachable!()
         };
         assert_eq!(f.add_headers[0].value, routed_by);
     }
-    let answer = host
-        .route(plugin, &route_input(0, &[], &["a:down:1:0"]))
-        .unwrap();
-    assert_eq!(short(&answer.decision), "503");
+    let input = route_input(0, &[], &["a:down:1:0"]);
+    let answer = host.route(plugin, &input).unwrap();
+    assert_eq!(short(&input, &answer.decision), "503");
 }
 
 #[test]

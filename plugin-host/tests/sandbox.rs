@@ -48,7 +48,10 @@ fn endless_loop_hits_its_deadline_and_is_quarantined_while_others_serve() {
             matches!(err, CallError::Deadline { ms: 1 }),
             "call {i}: {err}"
         );
-        assert_eq!(short(&host.route("lb", &input()).unwrap().decision), "a");
+        assert_eq!(
+            short(&input(), &host.route("lb", &input()).unwrap().decision),
+            "a"
+        );
     }
     assert_eq!(host.status("spin").unwrap().state, PluginState::Quarantined);
     assert_eq!(host.status("lb").unwrap().state, PluginState::Active);
@@ -86,7 +89,7 @@ fn a_failing_fail_open_plugin_answers_with_the_built_in_decision() {
         .unwrap();
     let answer = host.route("spin", &input()).unwrap();
     assert!(matches!(answer.failure, Some(CallError::Deadline { .. })));
-    assert_eq!(short(&answer.decision), "a");
+    assert_eq!(short(&input(), &answer.decision), "a");
     assert_eq!(host.metrics("spin").unwrap().defaults_served, 1);
 }
 
@@ -327,5 +330,8 @@ fn compiled_artifacts_are_cached_by_hash() {
     second
         .install("lb", &wasm("router"), Settings::default())
         .unwrap();
-    assert_eq!(short(&second.route("lb", &input()).unwrap().decision), "a");
+    assert_eq!(
+        short(&input(), &second.route("lb", &input()).unwrap().decision),
+        "a"
+    );
 }

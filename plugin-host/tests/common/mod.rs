@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use holdfast_plugin::types::router::*;
-use holdfast_plugin::types::{Health, Pair};
+use holdfast_plugin::types::{Health, IpAddress, Pair, SocketAddress};
 use holdfast_plugin::{HostConfig, PluginHost, Settings};
 
 /// The folder scripts/build-plugins.sh writes to.
@@ -76,7 +76,7 @@ pub fn backend(spec: &str) -> Backend {
 pub fn route_input(sequence: u64, cookies: &[(&str, &str)], backends: &[&str]) -> RouteInput {
     RouteInput {
         request: Request {
-            method: "GET".into(),
+            method: Method::Get,
             host: "example.com".into(),
             path: "/".into(),
             headers: vec![],
@@ -87,7 +87,7 @@ pub fn route_input(sequence: u64, cookies: &[(&str, &str)], backends: &[&str]) -
                     value: v.to_string(),
                 })
                 .collect(),
-            client_addr: "192.0.2.1:5000".into(),
+            client: client(),
             sequence,
         },
         pools: vec![Pool {
@@ -97,14 +97,25 @@ pub fn route_input(sequence: u64, cookies: &[(&str, &str)], backends: &[&str]) -
     }
 }
 
-/// A decision written short: `a` (forward to a), `a+cookie=a` (and set
-/// sticky cookie), `503` (reject).
-pub fn short(d: &RouteDecision) -> String {
+/// The client address of every test request: 192.0.2.1:5000.
+pub fn client() -> SocketAddress {
+    SocketAddress {
+        ip: IpAddress::Ipv4((192, 0, 2, 1)),
+        port: 5000,
+    }
+}
+
+/// A decision written short, with the backend by its id in `input`: `a`
+/// (forward to a), `a+cookie=a` (and set sticky cookie), `503` (reject).
+pub fn short(input: &RouteInput, d: &RouteDecision) -> String {
     match d {
-        RouteDecision::Forward(f) => match &f.set_cookie {
-            Some(c) => format!("{}+{}={}", f.backend, c.name, c.value),
-            None => f.backend.clone(),
-        },
+        RouteDecision::Forward(f) => {
+            let id = &input.pools[f.pool as usize].backends[f.backend as usize].id;
+            match &f.set_cookie {
+                Some(c) => format!("{id}+{}={}", c.name, c.value),
+                None => id.clone(),
+            }
+        }
         RouteDecision::Reject(r) => r.status.to_string(),
         RouteDecision::Redirect(r) => format!("{}>{}", r.status, r.location),
     }

@@ -1,4 +1,8 @@
-"""A router plugin in Python: the least-loaded healthy backend of the first pool."""
+"""A router plugin in Python: the least-loaded healthy backend of the first pool.
+
+A decision names the pool and the backend by their positions in the input,
+counted from 0.
+"""
 
 from wit_world import WitWorld
 from wit_world.imports import log
@@ -17,11 +21,15 @@ class WitWorld(WitWorld):
         if not input.pools:
             return RouteDecision_Reject(Reject(503, "no pool"))
         pool = input.pools[0]
-        live = [b for b in pool.backends if b.health == Health.HEALTHY and b.weight > 0]
+        live = [
+            (b.load, b.id, i)
+            for i, b in enumerate(pool.backends)
+            if b.health == Health.HEALTHY and b.weight > 0
+        ]
         if not live:
             log.log(log.Level.WARN, "no live backend")
             return RouteDecision_Reject(Reject(503, "no live backend"))
-        best = min(live, key=lambda b: (b.load, b.id))
+        _, _, best = min(live)
         return RouteDecision_Forward(
-            Forward(pool.name, best.id, [Pair("x-routed-by", "python")], None)
+            Forward(0, best, [Pair("x-routed-by", "python")], None)
         )

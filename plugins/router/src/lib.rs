@@ -13,68 +13,104 @@ const WEIGHT_CAP: u32 = 1000;
 
 struct Router;
 
+/// The settings, read once per instance (they never change for one).
+struct Settings {
+    pool: Option<String>,
+    least_connections: bool,
+    sticky_cookie: Option<String>,
+}
+
+thread_local! {
+    static SETTINGS: Settings = Settings {
+        pool: config("pool"),
+        least_connections: config("algorithm").as_deref() == Some("least-connections"),
+        sticky_cookie: config("sticky-cookie"),
+    };
+}
+
 impl Guest for Router {
     fn route(input: RouteInput) -> RouteDecision {
-        let pool = match config("pool") {
-            Some(name) => input.pools.iter().find(|p| p.name == name),
-            None => input.pools.first(),
-        };
-        let Some(pool) = pool else {
-            return reject(503, "no such pool");
-        };
-        let live = live_backends(pool);
-        if live.is_empty() {
-            return reject(503, "no live backend");
-        }
-        let sticky = config("sticky-cookie");
-        if let Some(name) = &sticky {
-            if let Some(pinned) = cookie(&input.request, name) {
-                if live.iter().any(|b| b.id == pinned) {
-                    return forward(&pool.name, pinned);
-                }
-                let _ = counter_add("sticky_moves", 1);
-            }
-        }
-        let chosen = match config("algorithm").as_deref() {
-            Some("least-connections") => least_connections(&live, input.request.sequence),
-            _ => weighted_round_robin(&live, input.request.sequence),
-        };
-        let mut decision = forward(&pool.name, &chosen.id);
-        if let (Some(name), RouteDecision::Forward(f)) = (sticky, &mut decision) {
-            f.set_cookie = Some(SetCookie {
-                name,
-                value: chosen.id.clone(),
-                max_age_s: None,
-            });
-        }
-        decision
+        SETTINGS.with(|settings| route(settings, &input))
     }
 }
 
-/// Healthy backends with a weight; failing that, degraded ones.
-pub fn live_backends(pool: &Pool) -> Vec<&Backend> {
-    for health in [Health::Healthy, Health::Degraded] {
-        let live: Vec<&Backend> = pool
-            .backends
-            .iter()
-            .filter(|b| b.health == health && b.weight > 0)
-            .collect();
-        if !live.is_empty() {
-            return live;
+fn route(settings: &Settings, input: &RouteInput) -> RouteDecision {
+    let at = match &settings.pool {
+        Some(name) => input.pools.iter().position(|p| &p.name == name),
+        None => (!input.pools.is_empty()).then_some(0),
+    };
+    let Some(at) = at else {
+        return reject(503, "no such pool");
+    };
+    let pool = &input.pools[at];
+    // Every backend chosen below is borrowed from `pool`.
+    let to = |b: &Backend| {
+        let backend = position(&pool.backends, b).expect("a backend of the pool");
+        forward(at as u32, backend)
+    };
+    let Some(live) = Live::of(pool) else {
+        return reject(503, "no live backend");
+    };
+    if let Some(name) = &settings.sticky_cookie {
+        if let Some(pinned) = cookie(&input.request, name) {
+            if let Some(b) = live.iter().find(|b| b.id == pinned) {
+                return to(b);
+            }
+            let _ = counter_add("sticky_moves", 1);
         }
     }
-    Vec::new()
+    let chosen = if settings.least_connections {
+        least_connections(&live, input.request.sequence)
+    } else {
+        weighted_round_robin(&live, input.request.sequence)
+    };
+    let mut decision = to(chosen);
+    if let (Some(name), RouteDecision::Forward(f)) = (&settings.sticky_cookie, &mut decision) {
+        f.set_cookie = Some(SetCookie {
+            name: name.clone(),
+            value: chosen.id.clone(),
+            max_age_s: None,
+        });
+    }
+    decision
+}
+
+/// The backends that take requests: healthy ones with a weight; failing
+/// those, degraded ones. A view of the pool, so that a call allocates
+/// nothing for it.
+pub struct Live<'a> {
+    backends: &'a [Backend],
+    health: Health,
+}
+
+impl<'a> Live<'a> {
+    /// `None` when no backend of `pool` takes requests.
+    pub fn of(pool: &'a Pool) -> Option<Self> {
+        [Health::Healthy, Health::Degraded]
+            .into_iter()
+            .map(|health| Live {
+                backends: &pool.backends,
+                health,
+            })
+            .find(|live| live.iter().next().is_some())
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'a Backend> + '_ {
+        self.backends
+            .iter()
+            .filter(|b| b.health == self.health && b.weight > 0)
+    }
 }
 
 /// Interleaved weighted round robin over the request sequence number: with
 /// weights a=2, b=1 the order is a b a, a b a, ... No state is kept between
 /// calls.
-pub fn weighted_round_robin<'a>(live: &[&'a Backend], sequence: u64) -> &'a Backend {
+pub fn weighted_round_robin<'a>(live: &Live<'a>, sequence: u64) -> &'a Backend {
     let weight = |b: &Backend| b.weight.min(WEIGHT_CAP);
     let total: u64 = live.iter().map(|b| u64::from(weight(b))).sum();
     let mut slot = sequence % total;
     for round in 0..WEIGHT_CAP {
-        for b in live {
+        for b in live.iter() {
             if weight(b) > round {
                 if slot == 0 {
                     return b;
@@ -83,28 +119,30 @@ pub fn weighted_round_robin<'a>(live: &[&'a Backend], sequence: u64) -> &'a Back
             }
         }
     }
-    live[0]
+    unreachable!("the slots of the rounds add up to the total weight")
 }
 
 /// The backend with the fewest requests in flight per unit of weight; ties
 /// go round robin by sequence number.
-pub fn least_connections<'a>(live: &[&'a Backend], sequence: u64) -> &'a Backend {
+pub fn least_connections<'a>(live: &Live<'a>, sequence: u64) -> &'a Backend {
     // load_a / weight_a < load_b / weight_b, without division.
     let cost = |b: &Backend| (u64::from(b.load), u64::from(b.weight.min(WEIGHT_CAP)));
     let better = |a: (u64, u64), b: (u64, u64)| a.0 * b.1 < b.0 * a.1;
     let best = live
         .iter()
-        .map(|b| cost(b))
+        .map(cost)
         .fold(None, |acc: Option<(u64, u64)>, c| match acc {
             Some(a) if !better(c, a) => Some(a),
             _ => Some(c),
         })
         .unwrap_or((0, 1));
-    let ties: Vec<&&Backend> = live
-        .iter()
-        .filter(|b| !better(best, cost(b)) && !better(cost(b), best))
-        .collect();
-    ties[(sequence % ties.len() as u64) as usize]
+    let tie = |b: &&Backend| !better(best, cost(b)) && !better(cost(b), best);
+    let ties = live.iter().filter(tie).count() as u64;
+    let nth = (sequence % ties) as usize;
+    live.iter()
+        .filter(tie)
+        .nth(nth)
+        .expect("nth is below the number of ties")
 }
 
 holdfast_plugin_sdk::export_router!(Router);

@@ -9,9 +9,11 @@
 //! struct First;
 //! impl Guest for First {
 //!     fn route(input: RouteInput) -> RouteDecision {
-//!         let pool = &input.pools[0];
-//!         match pool.backends.iter().find(|b| b.health == Health::Healthy) {
-//!             Some(b) => forward(&pool.name, &b.id),
+//!         let Some(pool) = input.pools.first() else {
+//!             return reject(503, "no pool");
+//!         };
+//!         match pool.backends.iter().position(|b| b.health == Health::Healthy) {
+//!             Some(b) => forward(0, b as u32),
 //!             None => reject(503, "no live backend"),
 //!         }
 //!     }
@@ -19,8 +21,11 @@
 //! holdfast_plugin_sdk::export_router!(First);
 //! ```
 
-// The generated glue is the only code here that needs `unsafe` (the
-// canonical ABI); nothing hand-written uses it.
+#[cfg(target_family = "wasm")]
+mod alloc;
+
+// The generated glue and the allocator are the only code here that need
+// `unsafe` (the canonical ABI).
 #[allow(unsafe_code, clippy::too_many_arguments)]
 #[doc(hidden)]
 pub mod bindings {
@@ -144,14 +149,22 @@ pub mod router {
     pub use crate::bindings::router::Guest;
     pub use crate::{config, config_or, counter_add, log, Health, KvError, Level, Pair};
 
-    /// Forward to `backend` of `pool`, adding nothing.
-    pub fn forward(pool: &str, backend: &str) -> RouteDecision {
+    /// Forward to the backend at position `backend` of the pool at
+    /// position `pool` of the input, adding nothing.
+    pub fn forward(pool: u32, backend: u32) -> RouteDecision {
         RouteDecision::Forward(Forward {
-            pool: pool.to_string(),
-            backend: backend.to_string(),
+            pool,
+            backend,
             add_headers: Vec::new(),
             set_cookie: None,
         })
+    }
+
+    /// The position of `item` in `items`, when `item` is borrowed from
+    /// `items` (found by address, not by value).
+    pub fn position<T>(items: &[T], item: &T) -> Option<u32> {
+        let i = items.iter().position(|x| std::ptr::eq(x, item))?;
+        u32::try_from(i).ok()
     }
 
     /// Refuse the request with an HTTP status.

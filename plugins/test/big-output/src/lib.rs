@@ -3,7 +3,7 @@ use holdfast_plugin_sdk::router::*;
 struct Bloat;
 impl Guest for Bloat {
     fn route(_input: RouteInput) -> RouteDecision {
-        let mut d = forward("web", "a");
+        let mut d = forward(0, 0);
         if let RouteDecision::Forward(f) = &mut d {
             for i in 0..128 {
                 f.add_headers.push(Pair {

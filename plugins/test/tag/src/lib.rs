@@ -6,7 +6,7 @@ use holdfast_plugin_sdk::kv;
 use holdfast_plugin_sdk::router::*;
 struct Tag;
 impl Guest for Tag {
-    fn route(input: RouteInput) -> RouteDecision {
+    fn route(_input: RouteInput) -> RouteDecision {
         let tag = config("tag").unwrap_or_default();
         let count = kv::get("count")
             .and_then(|v| v.try_into().ok())
@@ -21,8 +21,7 @@ impl Guest for Tag {
         };
         let _ = counter_add("tagged", 1);
         log(Level::Info, "tagging");
-        let pool = &input.pools[0];
-        let mut d = forward(&pool.name, &pool.backends[0].id);
+        let mut d = forward(0, 0);
         if let RouteDecision::Forward(f) = &mut d {
             for (name, value) in [
                 ("x-tag", tag),
