@@ -8,7 +8,7 @@ use common::*;
 use holdfast_plugin::CallError;
 
 fn example(world: &str) -> String {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    let path = manifest_dir()
         .join("../plugins/examples/inputs")
         .join(format!("{world}.json"));
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

@@ -17,6 +17,18 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
+/// The repository's root. Read from the environment cargo and nextest run
+/// tests in, not baked in at compile time: cargo reuses a test binary
+/// built from another checkout of the same sources (a workspace member's
+/// fingerprint does not depend on its path), and then `env!` would name
+/// that checkout.
+pub fn repo_root() -> PathBuf {
+    let tests = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    tests.parent().expect("the repository root").to_path_buf()
+}
+
 pub fn holdfast_bin() -> PathBuf {
     if let Ok(p) = std::env::var("HOLDFAST_BIN") {
         return PathBuf::from(p);

@@ -7,14 +7,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use holdfast_tests::{assert_one_line_error, stdout, wait_until, Cluster};
+use holdfast_tests::{assert_one_line_error, repo_root, stdout, wait_until, Cluster};
 use serde_json::Value;
 
 /// Where scripts/build-plugins.sh put the built plugins (`./test` runs it).
 fn built(name: &str) -> PathBuf {
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        .unwrap_or_else(|_| repo_root().join("target"));
     let path = target.join("plugins").join(format!("{name}.wasm"));
     assert!(
         path.exists(),
@@ -26,8 +26,8 @@ fn built(name: &str) -> PathBuf {
 
 fn input(world: &str) -> String {
     format!(
-        "{}/../plugins/examples/inputs/{world}.json",
-        env!("CARGO_MANIFEST_DIR")
+        "{}/plugins/examples/inputs/{world}.json",
+        repo_root().display()
     )
 }
 

@@ -4,10 +4,7 @@
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    holdfast_tests::repo_root()
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use holdfast_tests::{free_bytes, wait_until, Cluster, ClusterOptions};
+use holdfast_tests::{free_bytes, repo_root, wait_until, Cluster, ClusterOptions};
 
 /// A three-node cluster with volume `web` mounted on every node.
 fn three_mounts() -> (Cluster, Vec<PathBuf>) {
@@ -75,10 +75,7 @@ fn leader_index(c: &Cluster) -> usize {
 #[test]
 fn ordinary_tools_agree_across_three_mounts() {
     let (_c, m) = three_mounts();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .join("core");
+    let src = repo_root().join("core");
     let (a, b, d) = (
         m[0].display().to_string(),
         m[1].display().to_string(),

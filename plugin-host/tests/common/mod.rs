@@ -10,6 +10,15 @@ use holdfast_plugin::types::router::*;
 use holdfast_plugin::types::{Health, IpAddress, Pair, SocketAddress};
 use holdfast_plugin::{HostConfig, PluginHost, Settings};
 
+/// This crate's folder, from the environment the test runs in (a binary
+/// built from another checkout would carry that checkout's path in
+/// `env!`).
+pub fn manifest_dir() -> PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
 /// The folder scripts/build-plugins.sh writes to.
 pub fn plugins_dir() -> PathBuf {
     if let Ok(d) = std::env::var("HOLDFAST_PLUGINS_DIR") {
@@ -17,7 +26,7 @@ pub fn plugins_dir() -> PathBuf {
     }
     let target = std::env::var("CARGO_TARGET_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+        .unwrap_or_else(|_| manifest_dir().join("../target"));
     target.join("plugins")
 }
 
