@@ -1307,6 +1307,19 @@ impl StateMachine for FsMachine {
         true
     }
 
+    /// Every volume read goes to the leader, so followers need not hear of
+    /// each commit at once: that halves the messages of a write.
+    fn lazy_commit_broadcast(&self) -> bool {
+        true
+    }
+
+    /// A replica's state may go back to an older applied index after a
+    /// crash: it is applied again from the synced log, and reads are
+    /// served by the leader.
+    fn sync_commit_index(&self) -> bool {
+        false
+    }
+
     /// Pins the applied state (an engine snapshot, which costs nothing
     /// until the state moves on) and serves it page by page to a replica
     /// that catches up ([`crate::resync`]); the Raft snapshot itself only

@@ -77,6 +77,23 @@ pub trait StateMachine {
     fn members_join_as_learners(&self) -> bool {
         false
     }
+    /// Whether a leader leaves telling followers of a new commit index to
+    /// its next append or heartbeat (raft-rs `skip_bcast_commit`), instead
+    /// of sending every follower one more append each time it commits.
+    /// Followers then apply up to a heartbeat later, which suits a group
+    /// whose reads all go to the leader.
+    fn lazy_commit_broadcast(&self) -> bool {
+        false
+    }
+    /// Whether a round that learns of a new commit index writes it, and
+    /// what it applies, synced, even with no new entries. The metadata
+    /// does: a node must never forget, across a crash, an id it saw
+    /// revoked. A group whose state may go back to an older applied index
+    /// after a crash (it is applied again from the synced log) saves a
+    /// synced write per round on every replica.
+    fn sync_commit_index(&self) -> bool {
+        true
+    }
     /// Events produced since the last call.
     fn take_events(&mut self) -> Vec<Self::Event>;
 }
@@ -552,6 +569,8 @@ pub struct RaftGroup<S: StateMachine> {
     ticks: u64,
     heard: std::collections::HashMap<u64, u64>,
     held: bool,
+    /// Leadership transfers this node started (see [`RaftGroup::lease_epoch`]).
+    transfers: u64,
     /// Peers sent a snapshot in this round, reported as delivered after it.
     snapshots_sent: Vec<u64>,
     group: u64,
@@ -684,6 +703,7 @@ impl<S: StateMachine> RaftGroup<S> {
             max_inflight_msgs: inflight_msgs,
             check_quorum: true,
             pre_vote: true,
+            skip_bcast_commit: sm.lazy_commit_broadcast(),
             ..Default::default()
         };
         let logger = slog::Logger::root(TracingDrain, slog::o!("group" => group));
@@ -702,6 +722,7 @@ impl<S: StateMachine> RaftGroup<S> {
             ticks: 0,
             heard: std::collections::HashMap::new(),
             held: false,
+            transfers: 0,
             snapshots_sent: Vec::new(),
             group,
             deferred_reads: Vec::new(),
@@ -775,6 +796,21 @@ impl<S: StateMachine> RaftGroup<S> {
             // committed before the removal were lost).
             return Ok(());
         }
+        if self.ticks < limits::ELECTION_TICKS as u64
+            && matches!(
+                msg.get_msg_type(),
+                MessageType::MsgRequestVote | MessageType::MsgRequestPreVote
+            )
+            && msg.context != raft::CAMPAIGN_TRANSFER
+        {
+            // A node that just started has forgotten when it last heard
+            // from a leader, so raft-rs would grant this vote at once. It
+            // waits one election timeout first, as if it had just heard
+            // from one: a leader's read lease counts on no voter electing
+            // another leader within an election timeout of its last
+            // heartbeat (see `node::driver`, read leases).
+            return Ok(());
+        }
         if msg.get_msg_type() == MessageType::MsgHeartbeat
             && msg.commit > self.raw.raft.raft_log.last_index()
         {
@@ -817,6 +853,15 @@ impl<S: StateMachine> RaftGroup<S> {
         self.process()
     }
 
+    /// What a read lease is bound to: `Some((term, transfers))` while this
+    /// node leads and hands the leadership to nobody. A transfer lets the
+    /// target win an election at once, ignoring the voters' leases, so a
+    /// lease taken before one must not outlive it: it counts here.
+    pub fn lease_epoch(&self) -> Option<(u64, u64)> {
+        (self.raw.raft.state == StateRole::Leader && self.raw.raft.lead_transferee.is_none())
+            .then_some((self.raw.raft.term, self.transfers))
+    }
+
     /// How many entries the log keeps behind the applied index (a leader
     /// keeps more, up to `lag_max`, for active followers that still need
     /// them);
@@ -842,6 +887,7 @@ impl<S: StateMachine> RaftGroup<S> {
         let Some((_, to)) = best else {
             return Ok(false);
         };
+        self.transfers += 1;
         self.raw.transfer_leader(to);
         self.process()?;
         Ok(true)
@@ -865,11 +911,15 @@ impl<S: StateMachine> RaftGroup<S> {
 
     fn send(&mut self, msgs: Vec<Message>) {
         for m in &msgs {
-            if m.get_msg_type() == MessageType::MsgSnapshot {
-                self.snapshots_sent.push(m.to);
-            }
+            self.note_sent(m);
         }
         self.outputs.extend(msgs.into_iter().map(Output::Send));
+    }
+
+    fn note_sent(&mut self, m: &Message) {
+        if m.get_msg_type() == MessageType::MsgSnapshot {
+            self.snapshots_sent.push(m.to);
+        }
     }
 
     /// Defers persisting and sending until [`RaftGroup::release`], so that
@@ -885,7 +935,22 @@ impl<S: StateMachine> RaftGroup<S> {
         self.process()
     }
 
+    /// As [`RaftGroup::release`], but hands the messages that may leave
+    /// before this node persists (a leader's appends, Raft thesis 10.2.1)
+    /// to `early` *before* the synced write instead of queueing them as
+    /// outputs, so that followers write their copy while the leader writes
+    /// its own. Messages that depend on the write still follow it as
+    /// outputs.
+    pub fn release_with(&mut self, early: &mut dyn FnMut(Message)) -> Result<(), GroupError> {
+        self.held = false;
+        self.process_with(Some(early))
+    }
+
     fn process(&mut self) -> Result<(), GroupError> {
+        self.process_with(None)
+    }
+
+    fn process_with(&mut self, early: Option<&mut dyn FnMut(Message)>) -> Result<(), GroupError> {
         self.rerandomize_timeout();
         if !self.deferred_reads.is_empty() {
             if self.raw.raft.state != StateRole::Leader {
@@ -918,9 +983,23 @@ impl<S: StateMachine> RaftGroup<S> {
         let mut ready = self.raw.ready();
         let read_states = ready.take_read_states();
         // A leader may send before it persists (Raft thesis 10.2.1).
-        self.send(ready.take_messages());
+        let msgs = ready.take_messages();
+        match early {
+            Some(early) => {
+                for m in msgs {
+                    self.note_sent(&m);
+                    early(m);
+                }
+            }
+            None => self.send(msgs),
+        }
 
         let mut batch = Batch::new();
+        // New entries, a snapshot, a term or a vote must be durable before
+        // the messages that depend on them leave. A new commit index alone
+        // need not be (raft-rs learns it again from the leader), unless the
+        // state machine wants its applied state never to go back.
+        let mut sync = !ready.snapshot().is_empty() || !ready.entries().is_empty();
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
             self.raw
@@ -939,10 +1018,12 @@ impl<S: StateMachine> RaftGroup<S> {
         self.raw.mut_store().append(ready.entries(), &mut batch)?;
         if let Some(hs) = ready.hs() {
             let hs = hs.clone();
+            let old = &self.raw.store().hard_state;
+            sync |= hs.term != old.term || hs.vote != old.vote || self.sm.sync_commit_index();
             self.raw.mut_store().set_hard_state(&hs, &mut batch)?;
         }
         if !batch.is_empty() {
-            self.engine.write(batch, true)?;
+            self.engine.write(batch, sync)?;
         }
         self.send(ready.take_persisted_messages());
 

@@ -109,6 +109,13 @@ pub const VOLUME_WAIT_MS: u64 = 10_000;
 /// of the volume finds a dead leader out within about a second, while the
 /// election takes one to two.
 pub const VOLUME_ATTEMPT_MS: u64 = 500;
+/// How long after a read-index round *started* its leader answers reads
+/// at its commit index without another round (a read lease). The
+/// heartbeat that confirmed the round left after it started, and a voter
+/// that heard it elects no other leader for an election timeout
+/// (`ELECTION_TICKS` ticks, at least 900 ms of real time; a node that just
+/// started waits as long before it votes). The rest is margin.
+pub const VOLUME_READ_LEASE_MS: u64 = 500;
 /// How long that question waits for its answer (it is answered without
 /// waiting on the consensus thread).
 pub const VOLUME_PROBE_MS: u64 = 750;
@@ -129,7 +136,7 @@ pub const PEER_HEALTHY_WITHIN_MS: u64 = 2_000;
 pub const PEER_IDLE_TIMEOUT_MS: u64 = 10_000;
 
 /// File volumes: bytes per stored block of file data.
-pub const FS_BLOCK_BYTES: u64 = 64 << 10;
+pub const FS_BLOCK_BYTES: u64 = 16 << 10;
 /// Longest file or directory name, as in Linux.
 pub const FS_NAME_BYTES_MAX: usize = 255;
 /// Largest file (16 TiB).
@@ -139,6 +146,8 @@ pub const FS_FILE_BYTES_MAX: u64 = 16 << 40;
 pub const FS_DIRTY_FILE_BYTES_MAX: u64 = 8 << 20;
 /// Largest payload of one replicated write.
 pub const FS_WRITE_BYTES_MAX: usize = 1 << 20;
+/// Readahead the kernel may ask of a mount in one request.
+pub const FS_READAHEAD_BYTES: u32 = 1 << 20;
 /// Longest symlink target.
 pub const FS_SYMLINK_BYTES_MAX: usize = 4096;
 /// Longest extended attribute name and value, as in Linux.

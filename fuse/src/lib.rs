@@ -391,6 +391,10 @@ fn reply_empty(reply: ReplyEmpty, r: Result<(), Errno>) {
 impl<B: Backend> Filesystem for VolumeFs<B> {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
         let _ = config.set_max_write(limits::FS_WRITE_BYTES_MAX as u32);
+        // Larger read requests: each one costs a trip to the volume leader.
+        let _ = config
+            .set_max_readahead(limits::FS_READAHEAD_BYTES)
+            .or_else(|nearest| config.set_max_readahead(nearest));
         Ok(())
     }
 

@@ -308,14 +308,57 @@ fn consumes_space(op: &FsOp) -> bool {
 }
 
 /// Reads waiting on one volume's linearization point.
+///
+/// A read-index round (a heartbeat to every voter, answered by a majority)
+/// proves that this node still led when the round started. Voters that
+/// answered elect nobody else for an election timeout, so for
+/// `VOLUME_READ_LEASE_MS` after the round started the leader answers reads
+/// at its commit index at once (a *read lease*, as in etcd and TiKV). The
+/// lease is bound to the term and to the leadership transfers this node
+/// started ([`RaftGroup::lease_epoch`]): a transfer's target is elected
+/// without waiting out the voters' leases. It is measured with the
+/// monotonic clock, which runs on while the process is stopped. A read
+/// under a lease that is half gone starts a round to renew it.
 #[derive(Default)]
 struct Reads {
     /// Not yet part of a read-index round.
     queued: Vec<ReadReady>,
-    /// The round in flight: its context, its readers, when it started.
-    round: Option<(u64, Vec<ReadReady>, Instant)>,
+    /// The round in flight.
+    round: Option<Round>,
     /// Rounds confirmed at an index, waiting for it to be applied.
     confirmed: Vec<(u64, Vec<ReadReady>)>,
+    /// Until when, and under which epoch, reads need no round.
+    lease: Option<(Instant, (u64, u64))>,
+}
+
+struct Round {
+    ctx: u64,
+    readers: Vec<ReadReady>,
+    started: Instant,
+    epoch: Option<(u64, u64)>,
+}
+
+impl Reads {
+    /// Starts a read-index round for the queued readers.
+    fn start_round(
+        &mut self,
+        group: &mut RaftGroup<FsMachine>,
+        ctx: u64,
+    ) -> Result<(), GroupError> {
+        self.round = Some(Round {
+            ctx,
+            readers: std::mem::take(&mut self.queued),
+            started: Instant::now(),
+            epoch: group.lease_epoch(),
+        });
+        group.read_index(ctx)
+    }
+
+    /// How much of the lease is left, if this node holds one now.
+    fn lease_left(&self, group: &RaftGroup<FsMachine>, now: Instant) -> Option<Duration> {
+        let (until, epoch) = self.lease?;
+        (group.lease_epoch() == Some(epoch) && now < until).then(|| until - now)
+    }
 }
 
 struct Volume {
@@ -471,6 +514,26 @@ impl DriverStarter {
 /// Proposes one step of a replica-set change on the volume leader, or
 /// answers that it is in effect already. The leader does not remove itself:
 /// it hands the leadership on, and the caller asks the new leader.
+/// The peer address of a member.
+fn peer_addr(meta: &MetaState, id: u64) -> Option<SocketAddr> {
+    meta.nodes.get(&id)?.peer_addr.parse().ok()
+}
+
+fn send_raft(
+    transport: &Transport,
+    metrics: &Metrics,
+    addr: SocketAddr,
+    group: u64,
+    msg: &RaftMessage,
+) {
+    metrics.raft_messages_sent.inc();
+    let frame = wire::encode(&PeerMsg::Raft {
+        group,
+        msg: holdfast_core::encode_raft(msg),
+    });
+    transport.send(msg.to, addr, frame);
+}
+
 fn change_replica(
     g: &mut RaftGroup<FsMachine>,
     me: u64,
@@ -589,7 +652,9 @@ impl Driver {
                 Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
             let t = Instant::now();
-            self.flush()?;
+            if self.flush()? {
+                self.flush()?;
+            }
             if t.elapsed() > Duration::from_millis(limits::CONSENSUS_ROUND_SLOW_MS) {
                 tracing::warn!(
                     flush_ms = t.elapsed().as_millis() as u64,
@@ -607,10 +672,24 @@ impl Driver {
         }
     }
 
+    /// Persists what the held inputs produced. A volume leader's appends
+    /// leave before its own synced write, so that the followers write in
+    /// parallel with it.
     fn release(&mut self) -> Result<(), GroupError> {
         self.meta.release()?;
-        for v in self.volumes.values_mut() {
-            v.group.release()?;
+        let meta = self.meta.state_machine().state();
+        let Driver {
+            volumes,
+            transport,
+            metrics,
+            ..
+        } = self;
+        for (id, v) in volumes.iter_mut() {
+            v.group.release_with(&mut |msg| {
+                if let Some(addr) = peer_addr(&meta, msg.to) {
+                    send_raft(transport, metrics, addr, *id, &msg);
+                }
+            })?;
         }
         Ok(())
     }
@@ -738,13 +817,25 @@ impl Driver {
                     let _ = reply.send(Err(VolReply::NotLeader { leader: st.leader }));
                     return Ok(());
                 }
+                let lease = Duration::from_millis(limits::VOLUME_READ_LEASE_MS);
+                if let Some(left) = v.reads.lease_left(&v.group, Instant::now()) {
+                    if st.applied >= st.commit {
+                        let _ = reply.send(Ok(v.group.state_machine().view()));
+                    } else {
+                        v.reads.confirmed.push((st.commit, vec![reply]));
+                    }
+                    if left < lease / 2 && v.reads.round.is_none() {
+                        let ctx = self.next_req.wrapping_add(1);
+                        self.next_req = ctx;
+                        v.reads.start_round(&mut v.group, ctx)?;
+                    }
+                    return Ok(());
+                }
                 v.reads.queued.push(reply);
                 if v.reads.round.is_none() {
                     let ctx = self.next_req.wrapping_add(1);
                     self.next_req = ctx;
-                    let readers = std::mem::take(&mut v.reads.queued);
-                    v.reads.round = Some((ctx, readers, Instant::now()));
-                    v.group.read_index(ctx)?;
+                    v.reads.start_round(&mut v.group, ctx)?;
                 }
             }
             Input::VolStatus { volume, reply } => {
@@ -924,10 +1015,10 @@ impl Driver {
             if v.reads
                 .round
                 .as_ref()
-                .is_some_and(|(_, _, t)| now.duration_since(*t) > deadline)
+                .is_some_and(|r| now.duration_since(r.started) > deadline)
             {
-                if let Some((_, readers, _)) = v.reads.round.take() {
-                    for r in readers {
+                if let Some(round) = v.reads.round.take() {
+                    for r in round.readers {
                         let _ = r.send(Err(VolReply::NotLeader { leader: None }));
                     }
                 }
@@ -1033,19 +1124,14 @@ impl Driver {
 
     fn peer_addr(&self, meta: &MetaState, id: u64) -> Option<SocketAddr> {
         match meta.nodes.get(&id) {
-            Some(n) => n.peer_addr.parse().ok(),
+            Some(_) => peer_addr(meta, id),
             None => self.seed_peers.get(&id).copied(),
         }
     }
 
     fn send(&self, meta: &MetaState, group: u64, msg: RaftMessage) {
         if let Some(addr) = self.peer_addr(meta, msg.to) {
-            self.metrics.raft_messages_sent.inc();
-            let frame = wire::encode(&PeerMsg::Raft {
-                group,
-                msg: holdfast_core::encode_raft(&msg),
-            });
-            self.transport.send(msg.to, addr, frame);
+            send_raft(&self.transport, &self.metrics, addr, group, &msg);
         }
     }
 
@@ -1132,7 +1218,10 @@ impl Driver {
 
     /// Sends what the groups produced, settles finished proposals and
     /// reads, and publishes the new state.
-    fn flush(&mut self) -> Result<(), GroupError> {
+    /// Returns whether it started read-index rounds, whose messages a
+    /// second flush sends.
+    fn flush(&mut self) -> Result<bool, GroupError> {
+        let mut again = false;
         let outputs: Vec<_> = self.meta.take_outputs().collect();
         let meta = self.meta.state_machine().state();
         let me = self.meta.id();
@@ -1214,9 +1303,20 @@ impl Driver {
                     Output::Event(FsEvent::Done { .. }) => {}
                     Output::ReadIndex { ctx, index } => {
                         if let Some(v) = self.volumes.get_mut(&id) {
-                            if v.reads.round.as_ref().is_some_and(|(c, _, _)| *c == ctx) {
-                                if let Some((_, readers, _)) = v.reads.round.take() {
-                                    v.reads.confirmed.push((index, readers));
+                            if v.reads.round.as_ref().is_some_and(|r| r.ctx == ctx) {
+                                if let Some(round) = v.reads.round.take() {
+                                    v.reads.confirmed.push((index, round.readers));
+                                    // The round proves the leadership as
+                                    // of its start, under its epoch only.
+                                    if let Some(epoch) = round.epoch {
+                                        if v.group.lease_epoch() == Some(epoch) {
+                                            let until = round.started
+                                                + Duration::from_millis(
+                                                    limits::VOLUME_READ_LEASE_MS,
+                                                );
+                                            v.reads.lease = Some((until, epoch));
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -1250,21 +1350,21 @@ impl Driver {
             }
             if st.role != StateRole::Leader {
                 // Readers of a deposed leader go elsewhere.
+                v.reads.lease = None;
                 for r in v
                     .reads
                     .queued
                     .drain(..)
-                    .chain(v.reads.round.take().map(|(_, r, _)| r).unwrap_or_default())
+                    .chain(v.reads.round.take().map(|r| r.readers).unwrap_or_default())
                 {
                     let _ = r.send(Err(VolReply::NotLeader { leader: st.leader }));
                 }
             } else if v.reads.round.is_none() && !v.reads.queued.is_empty() {
                 let ctx = self.next_req.wrapping_add(1);
                 self.next_req = ctx;
-                let readers = std::mem::take(&mut v.reads.queued);
-                v.reads.round = Some((ctx, readers, Instant::now()));
-                v.group.read_index(ctx)?;
-                // Outputs of this round are taken on the next flush.
+                v.reads.start_round(&mut v.group, ctx)?;
+                // Its heartbeats are outputs: flush again, now.
+                again = true;
             }
             volume_status.insert(id, (st, v.group.state_machine().stats()));
         }
@@ -1280,6 +1380,6 @@ impl Driver {
         let mut shared = self.shared.write().unwrap_or_else(|e| e.into_inner());
         shared.status = status;
         shared.volumes = volume_status;
-        Ok(())
+        Ok(again)
     }
 }

@@ -23,6 +23,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use holdfast_core::limits;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -566,17 +567,20 @@ async fn run_link(
                 let _ = send.finish();
                 return;
             };
-            let mut buf = Vec::with_capacity(first.len() + 4);
-            let mut n = 0u64;
+            // Frames are handed to quinn as they are, without copying them
+            // into one buffer (a volume append carries up to 1 MiB).
+            let mut chunks = Vec::new();
+            let (mut n, mut bytes) = (0u64, 0usize);
             for frame in std::iter::once(first).chain(std::iter::from_fn(|| rx.try_recv().ok())) {
-                buf.extend_from_slice(&(frame.len() as u32).to_be_bytes());
-                buf.extend_from_slice(&frame);
+                bytes += 4 + frame.len();
+                chunks.push(Bytes::copy_from_slice(&(frame.len() as u32).to_be_bytes()));
+                chunks.push(Bytes::from(frame));
                 n += 1;
-                if buf.len() > 1 << 20 {
+                if bytes > 1 << 20 {
                     break;
                 }
             }
-            if let Err(e) = send.write_all(&buf).await {
+            if let Err(e) = send.write_all_chunks(&mut chunks).await {
                 tracing::debug!(peer = to, error = %e, "peer stream broke");
                 metrics.frames_dropped.inc_by(n);
                 break;
