@@ -10,7 +10,7 @@ pub const RAFT_MSG_BYTES_MAX: u64 = 1 << 20;
 pub const RAFT_INFLIGHT_MSGS_MAX: usize = 256;
 /// The same for volume groups, whose entries carry up to 1 MiB of data:
 /// this bounds the work a catching-up replica costs the leader per round.
-pub const VOLUME_INFLIGHT_MSGS_MAX: usize = 4;
+pub const VOLUME_INFLIGHT_MSGS_MAX: usize = 8;
 /// Largest command a client may propose to the metadata group.
 pub const META_COMMAND_BYTES_MAX: usize = 64 << 10;
 /// Bytes of each group's newest log entries kept in memory, so that
@@ -21,7 +21,7 @@ pub const META_LOG_ENTRIES_MAX: u64 = 1000;
 /// Volume log entries (each up to about 1 MiB) kept behind the applied
 /// index. A replica further behind catches up by hash comparison
 /// ([`crate::resync`]) instead of from the log.
-pub const VOLUME_LOG_KEEP_ENTRIES: u64 = 32;
+pub const VOLUME_LOG_KEEP_ENTRIES: u64 = 8;
 /// Volume log entries a leader keeps, at most, for an active follower that
 /// still replicates from the log (bounds the log's disk use).
 pub const VOLUME_LOG_LAG_ENTRIES_MAX: u64 = 256;
@@ -134,6 +134,14 @@ pub const PING_INTERVAL_MS: u64 = 500;
 pub const PEER_HEALTHY_WITHIN_MS: u64 = 2_000;
 /// QUIC idle timeout: a silent connection is dropped after this long.
 pub const PEER_IDLE_TIMEOUT_MS: u64 = 10_000;
+/// Largest UDP payload path MTU discovery tries between peers: a jumbo
+/// frame of 9000 bytes, less IPv6 and UDP headers.
+pub const PEER_UDP_PAYLOAD_BYTES_MAX: u16 = 8952;
+/// Receive and send buffer of the peer UDP socket (the kernel caps it at
+/// net.core.rmem_max and wmem_max).
+pub const PEER_SOCKET_BUFFER_BYTES: usize = 4 << 20;
+/// Bytes a peer may have unread on one stream (QUIC flow control).
+pub const PEER_STREAM_WINDOW_BYTES: u32 = 8 << 20;
 
 /// File volumes: bytes per stored block of file data.
 pub const FS_BLOCK_BYTES: u64 = 16 << 10;

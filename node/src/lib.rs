@@ -201,6 +201,10 @@ fn init_cleanly(dir: &DataDir, r: Result<Started, NodeError>) -> Result<Started,
 }
 
 fn open_engine(dir: &DataDir) -> Result<Arc<dyn Engine>, NodeError> {
+    tracing::info!(
+        hardware = holdfast_storage::crc::hardware_crc_in_use(),
+        "RocksDB checksums (CRC32C)"
+    );
     Ok(Arc::new(RocksEngine::open(&dir.db()).map_err(|e| {
         NodeError::Local(format!("cannot open {}: {e}", dir.db().display()))
     })?))

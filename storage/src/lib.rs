@@ -13,6 +13,7 @@ mod rocks;
 use std::sync::Arc;
 
 pub mod conformance;
+pub mod crc;
 
 pub use mem::MemEngine;
 pub use rocks::RocksEngine;

@@ -101,6 +101,10 @@ impl RocksEngine {
         // short of disk (see DISK_RESERVE_BYTES) never needs much room.
         opts.set_write_buffer_size(32 << 20);
         opts.set_max_write_buffer_number(2);
+        opts.set_enable_blob_files(true);
+        opts.set_min_blob_size(4096);
+        opts.set_enable_blob_gc(true);
+        opts.set_advise_random_on_open(false);
         let db = DB::open(&opts, dir).map_err(map_err)?;
         Ok(Self { db: Arc::new(db) })
     }

@@ -131,6 +131,15 @@ fn transport_config() -> Arc<quinn::TransportConfig> {
         VarInt::from_u32(limits::PEER_IDLE_TIMEOUT_MS as u32).into(),
     ));
     t.keep_alive_interval(Some(Duration::from_millis(limits::PING_INTERVAL_MS * 2)));
+    // Peers share a LAN, perhaps with jumbo frames: let path MTU discovery
+    // go that high (it settles lower where the path is smaller). Fewer,
+    // larger packets cost less CPU per byte.
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(limits::PEER_UDP_PAYLOAD_BYTES_MAX);
+    t.mtu_discovery_config(Some(mtu));
+    // A volume append carries up to 1 MiB, and a leader keeps a few in
+    // flight to each follower: a stream window below that would stall it.
+    t.stream_receive_window(VarInt::from_u32(limits::PEER_STREAM_WINDOW_BYTES));
     Arc::new(t)
 }
 
@@ -308,6 +317,13 @@ impl Transport {
             addr: ([0, 0, 0, 0], 0).into(),
             source,
         })?;
+        // A burst of appends to a follower must not overflow the default
+        // receive buffer (about 200 KiB): each datagram dropped there is a
+        // loss to QUIC's congestion control, which then slows down. The
+        // kernel caps these at net.core.rmem_max / wmem_max.
+        let sock = socket2::SockRef::from(&socket);
+        let _ = sock.set_recv_buffer_size(limits::PEER_SOCKET_BUFFER_BYTES);
+        let _ = sock.set_send_buffer_size(limits::PEER_SOCKET_BUFFER_BYTES);
         let server_tls = tls::server_config(identity)?;
         let q = QuicServerConfig::try_from(server_tls)
             .map_err(|e| TransportError::Config(e.to_string()))?;
