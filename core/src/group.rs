@@ -85,12 +85,12 @@ pub trait StateMachine {
     fn lazy_commit_broadcast(&self) -> bool {
         false
     }
-    /// Whether a round that learns of a new commit index writes it, and
-    /// what it applies, synced, even with no new entries. The metadata
-    /// does: a node must never forget, across a crash, an id it saw
-    /// revoked. A group whose state may go back to an older applied index
-    /// after a crash (it is applied again from the synced log) saves a
-    /// synced write per round on every replica.
+    /// Whether every round's write is synced, even one with no new
+    /// entries, term or vote (only a new commit index and what it
+    /// applies). The metadata's is: a node must never forget, across a
+    /// crash, an id it saw revoked. A group whose state may go back to an
+    /// older applied index after a crash (it is applied again from the
+    /// synced log) saves a synced write per round on every replica.
     fn sync_commit_index(&self) -> bool {
         true
     }
@@ -999,7 +999,9 @@ impl<S: StateMachine> RaftGroup<S> {
         // the messages that depend on them leave. A new commit index alone
         // need not be (raft-rs learns it again from the leader), unless the
         // state machine wants its applied state never to go back.
-        let mut sync = !ready.snapshot().is_empty() || !ready.entries().is_empty();
+        let mut sync = self.sm.sync_commit_index()
+            || !ready.snapshot().is_empty()
+            || !ready.entries().is_empty();
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
             self.raw
@@ -1019,7 +1021,7 @@ impl<S: StateMachine> RaftGroup<S> {
         if let Some(hs) = ready.hs() {
             let hs = hs.clone();
             let old = &self.raw.store().hard_state;
-            sync |= hs.term != old.term || hs.vote != old.vote || self.sm.sync_commit_index();
+            sync |= hs.term != old.term || hs.vote != old.vote;
             self.raw.mut_store().set_hard_state(&hs, &mut batch)?;
         }
         if !batch.is_empty() {

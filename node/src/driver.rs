@@ -509,11 +509,6 @@ impl DriverStarter {
     }
 }
 
-/// `Break::AckBeforeQuorum`: proposes the writes this leader acknowledged
-/// since the last tick, or forgets them if it no longer leads.
-/// Proposes one step of a replica-set change on the volume leader, or
-/// answers that it is in effect already. The leader does not remove itself:
-/// it hands the leadership on, and the caller asks the new leader.
 /// The peer address of a member.
 fn peer_addr(meta: &MetaState, id: u64) -> Option<SocketAddr> {
     meta.nodes.get(&id)?.peer_addr.parse().ok()
@@ -534,6 +529,9 @@ fn send_raft(
     transport.send(msg.to, addr, frame);
 }
 
+/// Proposes one step of a replica-set change on the volume leader, or
+/// answers that it is in effect already. The leader does not remove itself:
+/// it hands the leadership on, and the caller asks the new leader.
 fn change_replica(
     g: &mut RaftGroup<FsMachine>,
     me: u64,
@@ -580,6 +578,8 @@ fn change_replica(
     }
 }
 
+/// `Break::AckBeforeQuorum`: proposes the writes this leader acknowledged
+/// since the last tick, or forgets them if it no longer leads.
 fn propose_acked_early(v: &mut Volume) -> Result<(), GroupError> {
     if v.acked_early.is_empty() {
         return Ok(());
