@@ -21,6 +21,7 @@
 //! Invariant: a directory's `nlink` is 2 plus its subdirectories; a file's
 //! is its number of directory entries.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use holdfast_storage::{prefix_end, Batch, Engine};
@@ -219,6 +220,8 @@ pub enum FsEvent {
         req_id: u64,
         origin: u64,
         result: FsResult,
+        /// The log index the op was applied at.
+        index: u64,
     },
 }
 
@@ -264,6 +267,9 @@ pub struct FsView {
     engine: Arc<dyn Engine>,
     prefix: Vec<u8>,
     held: Arc<std::sync::Mutex<Option<Held>>>,
+    /// The newest log index whose changes may be in the engine, in this
+    /// process: set before each entry's batch is written.
+    applying: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for FsView {
@@ -378,12 +384,14 @@ impl Tx<'_> {
     }
     fn delete_inode(&mut self, inode: &Inode, stats: &mut Stats) -> Result<(), Errno> {
         let ino = inode.attr.ino;
-        stats.bytes_used = stats.bytes_used.saturating_sub(self.stored_bytes(ino)?);
         self.batch.delete(self.m.view.key(b'i', &be(ino), &[]));
         for tag in [b'b', b'x'] {
             let start = self.m.view.key(tag, &be(ino), &[]);
             let end = prefix_end(&start).unwrap_or_default();
-            self.batch.delete_range(start, end);
+            let bytes = self.drop_range(&start, &end)?;
+            if tag == b'b' {
+                stats.bytes_used = stats.bytes_used.saturating_sub(bytes);
+            }
         }
         if let Some(node) = inode.orphan_of {
             self.batch
@@ -419,18 +427,24 @@ impl Tx<'_> {
         }
         Ok(keys)
     }
-    /// Bytes stored under `[start, end)`, through the batch.
-    fn bytes_in(&self, start: &[u8], end: &[u8]) -> Result<u64, Errno> {
-        let mut n = 0;
-        for k in self.keys_in(start, end, usize::MAX)? {
-            n += self.get(&k)?.map(|v| v.len() as u64).unwrap_or(0);
+    /// Deletes every key in `[start, end)`, through the batch, and returns
+    /// the bytes their values held. A few keys are deleted one by one: every
+    /// RocksDB read walks the range deletions of the memtable, so one per
+    /// unlink would slow each read down until the next flush.
+    fn drop_range(&mut self, start: &[u8], end: &[u8]) -> Result<u64, Errno> {
+        let keys = self.keys_in(start, end, usize::MAX)?;
+        let mut bytes = 0;
+        for k in &keys {
+            bytes += self.get(k)?.map(|v| v.len() as u64).unwrap_or(0);
         }
-        Ok(n)
-    }
-    fn stored_bytes(&self, ino: Ino) -> Result<u64, Errno> {
-        let start = self.m.view.key(b'b', &be(ino), &[]);
-        let end = prefix_end(&start).unwrap_or_default();
-        self.bytes_in(&start, &end)
+        if keys.len() <= limits::FS_POINT_DELETES_MAX {
+            for k in keys {
+                self.batch.delete(k);
+            }
+        } else {
+            self.batch.delete_range(start.to_vec(), end.to_vec());
+        }
+        Ok(bytes)
     }
     fn block_key(&self, ino: Ino, idx: u64) -> Vec<u8> {
         self.m.view.key(b'b', &be(ino), &be(idx))
@@ -442,11 +456,9 @@ impl Tx<'_> {
         // Blocks wholly past the end.
         let start = self.block_key(ino, first_whole);
         let end = prefix_end(&self.m.view.key(b'b', &be(ino), &[])).unwrap_or_default();
-        stats.bytes_used = stats
-            .bytes_used
-            .saturating_sub(self.bytes_in(&start, &end)?);
-        // Blocks written in this batch past the end are caught by the range.
-        self.batch.delete_range(start, end);
+        // Blocks written in this batch past the end are among the keys.
+        let bytes = self.drop_range(&start, &end)?;
+        stats.bytes_used = stats.bytes_used.saturating_sub(bytes);
         // The partial last block keeps only its head.
         if !size.is_multiple_of(bs) {
             let k = self.block_key(ino, size / bs);
@@ -477,6 +489,7 @@ impl FsMachine {
             engine,
             prefix: Self::prefix_of(volume),
             held: Arc::default(),
+            applying: Arc::default(),
         };
         let stats = view
             .stats()
@@ -496,6 +509,7 @@ impl FsMachine {
             engine: Arc::new(holdfast_storage::MemEngine::new()),
             prefix: Self::prefix_of(volume),
             held: Arc::default(),
+            applying: Arc::default(),
         };
         let root = Inode {
             attr: Attr {
@@ -1008,6 +1022,13 @@ impl FsView {
         k
     }
 
+    /// An index at or past every change this process has applied to the
+    /// engine so far (0 before the first): read after a read, it bounds
+    /// what that read can have seen, from above.
+    pub fn applying(&self) -> u64 {
+        self.applying.load(Ordering::Acquire)
+    }
+
     /// The volume's counters as applied.
     pub fn stats(&self) -> Result<Stats, Errno> {
         match self
@@ -1266,7 +1287,8 @@ impl FsView {
 impl StateMachine for FsMachine {
     type Event = FsEvent;
 
-    fn apply(&mut self, _index: u64, data: &[u8], batch: &mut Batch) {
+    fn apply(&mut self, index: u64, data: &[u8], batch: &mut Batch) {
+        self.view.applying.store(index, Ordering::Release);
         match wire::decode::<FsProposal>(data, limits::FS_COMMAND_BYTES_MAX) {
             Ok(p) => {
                 let result = match p.tag {
@@ -1277,6 +1299,7 @@ impl StateMachine for FsMachine {
                     req_id: p.req_id,
                     origin: p.origin,
                     result,
+                    index,
                 });
             }
             Err(e) => tracing::warn!(error = %e, "skipped undecodable volume entry"),
@@ -1347,6 +1370,7 @@ impl StateMachine for FsMachine {
             return Err("not a volume snapshot".into());
         }
         let marker = meta.write_to_bytes().map_err(|e| e.to_string())?;
+        self.view.applying.store(meta.index, Ordering::Release);
         crate::resync::apply_staged(&*self.view.engine, self.volume, meta.index, marker)?;
         crate::resync::clear_staging(self.volume, batch);
         self.stats = self

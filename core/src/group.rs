@@ -353,8 +353,18 @@ impl LogStore {
             return Ok(());
         }
         let term = raft::Storage::term(self, index)?;
-        batch.delete_range(log_key(&self.prefix, 0), log_key(&self.prefix, index + 1));
-        batch.delete_range(term_key(&self.prefix, 0), term_key(&self.prefix, index + 1));
+        if index - self.snap_index <= limits::LOG_COMPACT_POINT_DELETES_MAX {
+            // Point deletions: every RocksDB read walks the range
+            // deletions of the memtable, so one per compaction would slow
+            // each read down until the next flush.
+            for i in self.snap_index + 1..=index {
+                batch.delete(log_key(&self.prefix, i));
+                batch.delete(term_key(&self.prefix, i));
+            }
+        } else {
+            batch.delete_range(log_key(&self.prefix, 0), log_key(&self.prefix, index + 1));
+            batch.delete_range(term_key(&self.prefix, 0), term_key(&self.prefix, index + 1));
+        }
         let dropped = (index - self.snap_index) as usize;
         self.terms.drain(..dropped.min(self.terms.len()));
         while self.cache.front().is_some_and(|e| e.index <= index) {
@@ -1163,7 +1173,9 @@ impl<S: StateMachine> RaftGroup<S> {
         }
         let mut batch = Batch::new();
         self.raw.mut_store().compact(to, &mut batch)?;
-        self.engine.write(batch, true)?;
+        // Not synced: the engine keeps writes in order through a crash, so
+        // if this one survives, so do the applied entries written before it.
+        self.engine.write(batch, false)?;
         Ok(())
     }
 }

@@ -22,6 +22,15 @@ pub const META_LOG_ENTRIES_MAX: u64 = 1000;
 /// index. A replica further behind catches up by hash comparison
 /// ([`crate::resync`]) instead of from the log.
 pub const VOLUME_LOG_KEEP_ENTRIES: u64 = 8;
+/// Keys of one file (blocks or extended attributes) that an unlink or a
+/// truncate deletes one at a time; more go in one range deletion.
+pub const FS_POINT_DELETES_MAX: usize = 1024;
+/// How long a read of file data waits for this node's replica to apply what
+/// the node has already seen, before it asks the leader instead.
+pub const VOLUME_LOCAL_READ_WAIT_MS: u64 = 50;
+/// Log entries a compaction deletes one key at a time; more go in one range
+/// deletion.
+pub const LOG_COMPACT_POINT_DELETES_MAX: u64 = 4096;
 /// Volume log entries a leader keeps, at most, for an active follower that
 /// still replicates from the log (bounds the log's disk use).
 pub const VOLUME_LOG_LAG_ENTRIES_MAX: u64 = 256;

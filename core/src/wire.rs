@@ -163,8 +163,12 @@ pub struct ReplicaStatus {
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum VolReply {
-    Op(FsResult),
-    Read(Result<ReadReply, Errno>),
+    /// The outcome of an op, and the index it was applied at (0 if it was
+    /// refused before it was proposed).
+    Op(FsResult, u64),
+    /// A read's answer, and the index applied to the replica it was read
+    /// from (a lower bound: the replica may have moved on while reading).
+    Read(Result<ReadReply, Errno>, u64),
     Status(ReplicaStatus),
     /// The replica's applied index and the digest of its state there.
     Digest {

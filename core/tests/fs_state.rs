@@ -101,6 +101,65 @@ fn unlink(parent: u64, name: &str, dir: bool, open_on: Option<u64>) -> FsOp {
     }
 }
 
+/// Keys the volume keeps under `tag` (`b` file blocks, `x` attributes).
+fn keys_under(v: &Vol, tag: u8) -> usize {
+    let mut prefix = FsMachine::prefix_of(7);
+    prefix.push(tag);
+    let mut end = prefix.clone();
+    *end.last_mut().unwrap() += 1;
+    let mut n = 0;
+    v.engine
+        .scan(&prefix, &end, &mut |_, _| {
+            n += 1;
+            true
+        })
+        .unwrap();
+    n
+}
+
+/// Unlink and truncate delete a file's few keys one by one (a range
+/// deletion slows every RocksDB read until the next memtable flush), and a
+/// large file's in one range; either way nothing is left behind.
+#[test]
+fn deleted_file_data_leaves_no_keys_and_small_files_no_range_deletions() {
+    let mut v = Vol::new();
+    let blocks = limits::FS_POINT_DELETES_MAX as u64 + 10;
+    for (name, n) in [("small", 3), ("large", blocks)] {
+        let f = v.ino(ROOT_INO, name, Kind::File);
+        let writes = (0..n)
+            .map(|i| write(f, i * limits::FS_BLOCK_BYTES, b"x"))
+            .chain([FsOp::SetXattr {
+                ino: f,
+                name: b"user.a".to_vec(),
+                value: b"1".to_vec(),
+                flags: 0,
+                now_ns: 5,
+            }])
+            .collect();
+        assert!(v.round(writes).iter().all(Result::is_ok));
+        assert_eq!(keys_under(&v, b'b') as u64, n, "{name}: blocks stored");
+        // Truncate to one block, then unlink.
+        let mut batch = Batch::new();
+        v.m.apply_op(truncate(f, 1), &mut batch).unwrap();
+        v.m.apply_op(unlink(ROOT_INO, name, false, None), &mut batch)
+            .unwrap();
+        let ranges = batch
+            .ops()
+            .iter()
+            .filter(|op| matches!(op, holdfast_storage::Op::DeleteRange(..)))
+            .count();
+        if n < limits::FS_POINT_DELETES_MAX as u64 {
+            assert_eq!(ranges, 0, "{name}: range deletions");
+        } else {
+            assert!(ranges > 0, "{name}: no range deletion");
+        }
+        v.engine.write(batch, true).unwrap();
+        assert_eq!(keys_under(&v, b'b'), 0, "{name}: blocks left");
+        assert_eq!(keys_under(&v, b'x'), 0, "{name}: attributes left");
+        assert_eq!(v.m.stats().bytes_used, 0, "{name}: bytes used");
+    }
+}
+
 #[test]
 fn bytes_used_follows_writes_and_truncates_even_within_one_round() {
     let mut v = Vol::new();

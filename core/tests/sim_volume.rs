@@ -899,6 +899,7 @@ impl World {
                         req_id,
                         origin,
                         result,
+                        ..
                     }) => {
                         if origin == id {
                             if let Some((who, _)) = node.pending.remove(&req_id) {

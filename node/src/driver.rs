@@ -54,7 +54,9 @@ pub enum ProposeError {
 }
 
 type Reply = oneshot::Sender<Result<Outcome, ProposeError>>;
-type ReadReady = oneshot::Sender<Result<FsView, VolReply>>;
+/// A view of a volume replica and the index applied to it when it was
+/// handed out (it may move on while it is read).
+type ReadReady = oneshot::Sender<Result<(FsView, u64), VolReply>>;
 
 pub enum Input {
     Peer {
@@ -78,6 +80,13 @@ pub enum Input {
     },
     FsRead {
         volume: u64,
+        reply: ReadReady,
+    },
+    /// A view of the local replica once it has applied `index`, on any
+    /// replica that has already learned that `index` is committed.
+    FsReadAt {
+        volume: u64,
+        index: u64,
         reply: ReadReady,
     },
     VolStatus {
@@ -113,6 +122,7 @@ impl std::fmt::Debug for Input {
             Input::ConfChange { .. } => f.write_str("ConfChange"),
             Input::FsOp { volume, .. } => write!(f, "FsOp({volume})"),
             Input::FsRead { volume, .. } => write!(f, "FsRead({volume})"),
+            Input::FsReadAt { volume, index, .. } => write!(f, "FsReadAt({volume}, {index})"),
             Input::VolStatus { volume, .. } => write!(f, "VolStatus({volume})"),
             Input::VolChange { volume, node, .. } => write!(f, "VolChange({volume}, {node})"),
             Input::VolView { volume, .. } => write!(f, "VolView({volume})"),
@@ -225,12 +235,29 @@ impl DriverHandle {
         .await
     }
 
-    /// A view of local replica `volume` at a linearizable point, if it leads.
-    pub async fn vol_read(&self, volume: u64) -> Result<FsView, VolReply> {
+    /// A view of local replica `volume` at a linearizable point, if it
+    /// leads, and the index applied to it.
+    pub async fn vol_read(&self, volume: u64) -> Result<(FsView, u64), VolReply> {
         let (reply, rx) = oneshot::channel();
         self.call(Input::FsRead { volume, reply }, rx)
             .await
             .unwrap_or_else(|e| Err(VolReply::Unavailable(e.to_string())))
+    }
+
+    /// A view of local replica `volume` once it has applied `index`, if it
+    /// knows that `index` is committed and is not resyncing.
+    pub async fn vol_read_at(&self, volume: u64, index: u64) -> Result<(FsView, u64), VolReply> {
+        let (reply, rx) = oneshot::channel();
+        self.call(
+            Input::FsReadAt {
+                volume,
+                index,
+                reply,
+            },
+            rx,
+        )
+        .await
+        .unwrap_or_else(|e| Err(VolReply::Unavailable(e.to_string())))
     }
 
     /// The digest of local replica `volume` and the index it was taken at.
@@ -773,7 +800,7 @@ impl Driver {
                     return Ok(());
                 }
                 if self.disk_low && consumes_space(&op) {
-                    let _ = reply.send(VolReply::Op(Err(libc::ENOSPC)));
+                    let _ = reply.send(VolReply::Op(Err(libc::ENOSPC), 0));
                     return Ok(());
                 }
                 let is_write = matches!(op, FsOp::Write { .. });
@@ -785,7 +812,7 @@ impl Driver {
                 });
                 if is_write && broken(Break::AckBeforeQuorum) {
                     v.acked_early.push(proposal);
-                    let _ = reply.send(VolReply::Op(Ok(FsReply::Done)));
+                    let _ = reply.send(VolReply::Op(Ok(FsReply::Done), 0));
                     return Ok(());
                 }
                 match v.group.propose(proposal) {
@@ -796,7 +823,7 @@ impl Driver {
                         let _ = reply.send(VolReply::NotLeader { leader: None });
                     }
                     Err(fatal) => {
-                        let _ = reply.send(VolReply::Op(Err(libc::EIO)));
+                        let _ = reply.send(VolReply::Op(Err(libc::EIO), 0));
                         return Err(fatal);
                     }
                 }
@@ -809,7 +836,8 @@ impl Driver {
                     return Ok(());
                 };
                 if broken(Break::StaleRead) {
-                    let _ = reply.send(Ok(v.group.state_machine().view()));
+                    let applied = v.group.status().applied;
+                    let _ = reply.send(Ok((v.group.state_machine().view(), applied)));
                     return Ok(());
                 }
                 let st = v.group.status();
@@ -820,7 +848,7 @@ impl Driver {
                 let lease = Duration::from_millis(limits::VOLUME_READ_LEASE_MS);
                 if let Some(left) = v.reads.lease_left(&v.group, Instant::now()) {
                     if st.applied >= st.commit {
-                        let _ = reply.send(Ok(v.group.state_machine().view()));
+                        let _ = reply.send(Ok((v.group.state_machine().view(), st.applied)));
                     } else {
                         v.reads.confirmed.push((st.commit, vec![reply]));
                     }
@@ -836,6 +864,28 @@ impl Driver {
                     let ctx = self.next_req.wrapping_add(1);
                     self.next_req = ctx;
                     v.reads.start_round(&mut v.group, ctx)?;
+                }
+            }
+            Input::FsReadAt {
+                volume,
+                index,
+                reply,
+            } => {
+                let Some(v) = self.volumes.get_mut(&volume) else {
+                    let _ = reply.send(Err(VolReply::Unavailable(
+                        "not a replica of this volume".into(),
+                    )));
+                    return Ok(());
+                };
+                let st = v.group.status();
+                if v.resync.is_some() || st.commit < index {
+                    let _ = reply.send(Err(VolReply::Unavailable(
+                        "the replica has not caught up".into(),
+                    )));
+                } else if st.applied >= index {
+                    let _ = reply.send(Ok((v.group.state_machine().view(), st.applied)));
+                } else {
+                    v.reads.confirmed.push((index, vec![reply]));
                 }
             }
             Input::VolStatus { volume, reply } => {
@@ -1291,13 +1341,14 @@ impl Driver {
                         req_id,
                         origin,
                         result,
+                        index,
                     }) if origin == me => {
                         if let Some((reply, _)) = self
                             .volumes
                             .get_mut(&id)
                             .and_then(|v| v.pending.remove(&req_id))
                         {
-                            let _ = reply.send(VolReply::Op(result));
+                            let _ = reply.send(VolReply::Op(result, index));
                         }
                     }
                     Output::Event(FsEvent::Done { .. }) => {}
@@ -1334,7 +1385,7 @@ impl Driver {
             v.reads.confirmed = waiting;
             for (_, readers) in ready {
                 for r in readers {
-                    let _ = r.send(Ok(v.group.state_machine().view()));
+                    let _ = r.send(Ok((v.group.state_machine().view(), st.applied)));
                 }
             }
             if st.role != StateRole::Leader && !v.pending.is_empty() {

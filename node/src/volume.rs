@@ -25,7 +25,12 @@ pub async fn serve_local(driver: &DriverHandle, req: VolRequest) -> VolReply {
     match req {
         VolRequest::Op { volume, op, tag } => driver.vol_op(volume, op, tag).await,
         VolRequest::Read { volume, read } => match driver.vol_read(volume).await {
-            Ok(view) => VolReply::Read(do_read(&view, read)),
+            Ok((view, applied)) => {
+                let r = do_read(&view, read);
+                // What the read saw is at or before this index; a reader
+                // that later reads elsewhere must see at least that much.
+                VolReply::Read(r, applied.max(view.applying()))
+            }
             Err(reply) => reply,
         },
         VolRequest::Status { volume } => driver.vol_status(volume).await,
@@ -209,6 +214,9 @@ pub struct Volumes {
     pub transport: Arc<Transport>,
     pub me: u64,
     leaders: Mutex<HashMap<u64, u64>>,
+    /// Per volume, the newest index this node has seen applied by a leader
+    /// (see [`Volumes::local_view`]).
+    floors: Mutex<HashMap<u64, u64>>,
     ops: Mutex<OpSeqs>,
 }
 
@@ -229,6 +237,7 @@ impl Volumes {
             transport,
             me,
             leaders: Mutex::new(HashMap::new()),
+            floors: Mutex::new(HashMap::new()),
             ops: Mutex::new(OpSeqs {
                 next: first_seq,
                 waiting: BTreeSet::new(),
@@ -423,8 +432,11 @@ impl Volumes {
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
                         .insert(volume, target);
-                    if maybe_taken && matches!(reply, VolReply::Op(Err(libc::ENOSPC))) {
-                        return Ok(VolReply::Op(Err(libc::EIO)));
+                    if maybe_taken && matches!(reply, VolReply::Op(Err(libc::ENOSPC), _)) {
+                        return Ok(VolReply::Op(Err(libc::EIO), 0));
+                    }
+                    if let VolReply::Op(_, index) | VolReply::Read(_, index) = reply {
+                        self.raise_floor(volume, index);
                     }
                     return Ok(reply);
                 }
@@ -471,15 +483,64 @@ impl Volumes {
             tag: Some(tag),
         };
         match self.call(volume, req).await? {
-            VolReply::Op(r) => r,
+            VolReply::Op(r, _) => r,
             _ => Err(libc::EIO),
         }
     }
 
+    /// Reads file data from this node's replica when it can, and asks the
+    /// leader otherwise (and for every other read).
     pub async fn read(&self, volume: u64, read: FsRead) -> Result<ReadReply, Errno> {
+        if matches!(read, FsRead::Read { .. }) {
+            if let Some(view) = self.local_view(volume).await {
+                return do_read(&view, read);
+            }
+        }
         match self.call(volume, VolRequest::Read { volume, read }).await? {
-            VolReply::Read(r) => r,
+            VolReply::Read(r, _) => r,
             _ => Err(libc::EIO),
+        }
+    }
+
+    /// Notes that this node saw `volume` at `index`: a later read here must
+    /// not see an older state.
+    fn raise_floor(&self, volume: u64, index: u64) {
+        let mut floors = self.floors.lock().unwrap_or_else(|e| e.into_inner());
+        let floor = floors.entry(volume).or_default();
+        *floor = (*floor).max(index);
+    }
+
+    /// A view of this node's replica of `volume` that is as new as
+    /// everything this node has seen of the volume: every op it made and
+    /// every read the leader answered for it. That is close-to-open
+    /// consistency: an `open` looks the file up at the leader, so data read
+    /// after it includes all that was closed anywhere before the open, and
+    /// all that this node wrote. `None` (ask the leader) when this node has
+    /// no replica, has seen nothing yet, or its replica has not learned
+    /// that the floor is committed or is resyncing; then waiting for it
+    /// could take a heartbeat or more.
+    async fn local_view(&self, volume: u64) -> Option<FsView> {
+        if broken(Break::StaleRead) {
+            return None;
+        }
+        let floor = *self
+            .floors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&volume)?;
+        let committed = self
+            .driver
+            .shared()
+            .volumes
+            .get(&volume)
+            .is_some_and(|(status, _)| status.commit >= floor);
+        if !committed {
+            return None;
+        }
+        let wait = Duration::from_millis(limits::VOLUME_LOCAL_READ_WAIT_MS);
+        match tokio::time::timeout(wait, self.driver.vol_read_at(volume, floor)).await {
+            Ok(Ok((view, _))) => Some(view),
+            _ => None,
         }
     }
 

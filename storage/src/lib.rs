@@ -121,6 +121,8 @@ impl Batch {
 ///   is every write made before it;
 /// - a write made with `sync = false` is visible at once but may be lost by a
 ///   crash until a later synced write or [`Engine::sync`];
+/// - a crash keeps writes in order: if a write survives it, so does every
+///   write made before it (RocksDB's WAL in point-in-time recovery);
 /// - [`Engine::scan`] visits keys in ascending byte order.
 pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;

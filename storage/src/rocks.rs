@@ -94,6 +94,8 @@ impl RocksEngine {
         opts.set_keep_log_file_num(4);
         // Reads of a damaged file fail instead of returning garbage.
         opts.set_paranoid_checks(true);
+        // A crash keeps a prefix of the writes (the Engine contract).
+        opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
         // File data is mostly already compressed (images, archives, video);
         // compressing blocks costs CPU on every read and saves little.
         opts.set_compression_type(rocksdb::DBCompressionType::None);

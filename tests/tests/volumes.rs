@@ -136,6 +136,31 @@ fn ordinary_tools_agree_across_three_mounts() {
     );
 }
 
+/// Close-to-open across nodes, where it is easiest to get wrong: file data
+/// is read from the reading node's own replica when it has caught up, and a
+/// follower learns of new commits only with the next message from the
+/// leader. Each round, one node rewrites a file, and then every node opens
+/// it at once and must read the new contents whole.
+#[test]
+fn a_file_written_on_one_node_is_read_whole_on_every_node_at_once() {
+    let (_c, m) = three_mounts();
+    for round in 0..150usize {
+        let data = format!("round {round} ").repeat(1000 + round).into_bytes();
+        write_whole(&m[round % 3].join("f"), &data);
+        for (i, mount) in m.iter().enumerate() {
+            let got = std::fs::read(mount.join("f")).expect("read f");
+            assert!(
+                got == data,
+                "round {round}: node {i} read {} bytes starting {:?}, not the {} just written on node {}",
+                got.len(),
+                String::from_utf8_lossy(&got[..got.len().min(12)]),
+                data.len(),
+                round % 3
+            );
+        }
+    }
+}
+
 /// A seeded random-operation test in the style of fsx: every operation goes
 /// to the mount and to a local reference folder, and the two must agree.
 #[test]
