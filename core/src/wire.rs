@@ -166,8 +166,8 @@ pub enum VolReply {
     /// The outcome of an op, and the index it was applied at (0 if it was
     /// refused before it was proposed).
     Op(FsResult, u64),
-    /// A read's answer, and the index applied to the replica it was read
-    /// from (a lower bound: the replica may have moved on while reading).
+    /// A read's answer, and an index of the replica it was read from at or
+    /// past everything the read can have seen (`FsView::applying`).
     Read(Result<ReadReply, Errno>, u64),
     Status(ReplicaStatus),
     /// The replica's applied index and the digest of its state there.
