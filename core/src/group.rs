@@ -903,6 +903,34 @@ impl<S: StateMachine> RaftGroup<S> {
         Ok(true)
     }
 
+    /// Whether `node` is a voter whose log matches this leader's to within
+    /// [`limits::TRANSFER_LAG_ENTRIES_MAX`] entries, so that a hand-over to
+    /// it completes at once.
+    pub fn caught_up_voter(&self, node: u64) -> bool {
+        let last = self.raw.raft.raft_log.last_index();
+        self.raw.raft.state == StateRole::Leader
+            && node != self.id()
+            && self.raw.store().conf_state.voters.contains(&node)
+            && self
+                .raw
+                .raft
+                .prs()
+                .get(node)
+                .is_some_and(|p| p.matched + limits::TRANSFER_LAG_ENTRIES_MAX >= last)
+    }
+
+    /// If this node leads and `to` is a caught-up voter, hands it the
+    /// leadership. Returns whether a transfer started.
+    pub fn transfer_leadership_to(&mut self, to: u64) -> Result<bool, GroupError> {
+        if !self.caught_up_voter(to) {
+            return Ok(false);
+        }
+        self.transfers += 1;
+        self.raw.transfer_leader(to);
+        self.process()?;
+        Ok(true)
+    }
+
     /// Asks this node to start an election now (used at bootstrap).
     pub fn campaign(&mut self) -> Result<(), GroupError> {
         self.raw.campaign()?;

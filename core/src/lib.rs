@@ -12,6 +12,7 @@ pub mod fs;
 pub mod group;
 pub mod limits;
 pub mod meta;
+pub mod placement;
 pub mod resync;
 pub mod wire;
 

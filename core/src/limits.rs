@@ -71,6 +71,22 @@ pub const ELECTION_TICKS: usize = 10;
 /// Ticks between leader heartbeats.
 pub const HEARTBEAT_TICKS: usize = 2;
 
+/// Leader placement ([`crate::placement`]): ticks per window in which a
+/// volume leader counts who asks for changes.
+pub const AFFINITY_WINDOW_TICKS: u64 = 20;
+/// Fewest changes in a window for the leadership to follow their node.
+pub const AFFINITY_MIN_CHANGES: u64 = 50;
+/// Share of a window's changes (percent) one node must ask for.
+pub const AFFINITY_SHARE_PERCENT: u64 = 75;
+/// Ticks a new leader keeps the leadership before it may hand it on.
+pub const AFFINITY_QUIET_TICKS: u64 = 100;
+/// Longest wait after hand-overs that did not take.
+pub const AFFINITY_QUIET_MAX_TICKS: u64 = 6000;
+
+/// Entries a voter may lag its leader and still be handed the leadership
+/// by placement.
+pub const TRANSFER_LAG_ENTRIES_MAX: u64 = 64;
+
 /// Inputs waiting for the node's consensus thread.
 pub const INBOX_DEPTH_MAX: usize = 4096;
 /// Inputs the consensus thread takes before it persists and sends.

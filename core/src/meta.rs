@@ -156,6 +156,9 @@ pub struct VolumeRecord {
     /// campaign). A removed replica leaves this list for good.
     pub bootstrap: Vec<u64>,
     pub created_ms: u64,
+    /// The leadership moves to the replica that asks for most changes
+    /// ([`crate::placement`]); if not, it stays where elections put it.
+    pub leader_follows_writes: bool,
 }
 
 impl std::fmt::Debug for MetaState {
@@ -240,6 +243,7 @@ pub enum Command {
         id: u64,
         name: String,
         replicas: u8,
+        leader_follows_writes: bool,
         now_ms: u64,
     },
     /// Makes `version` the active version of plugin `name` (a new plugin,
@@ -418,6 +422,7 @@ impl MetaMachine {
                 id,
                 name,
                 replicas,
+                leader_follows_writes,
                 now_ms,
             } => {
                 let st = &self.state;
@@ -465,6 +470,7 @@ impl MetaMachine {
                         bootstrap: chosen.clone(),
                         replicas: chosen,
                         created_ms: now_ms,
+                        leader_follows_writes,
                     },
                 );
                 Ok(Outcome::VolumeCreated { id })

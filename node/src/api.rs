@@ -409,6 +409,11 @@ struct VolumeCreate {
     name: String,
     #[serde(default = "default_replicas")]
     replicas: u8,
+    #[serde(default = "yes")]
+    leader_follows_writes: bool,
+}
+fn yes() -> bool {
+    true
 }
 fn default_replicas() -> u8 {
     3
@@ -421,6 +426,8 @@ pub struct VolumeInfo {
     pub kind: String,
     pub replicas: Vec<String>,
     pub created_ms: u64,
+    /// Whether the leadership follows the replica that writes most.
+    pub leader_follows_writes: bool,
 }
 
 /// `volume status --json`.
@@ -465,6 +472,7 @@ fn volume_info(meta: &MetaState, v: &holdfast_core::meta::VolumeRecord) -> Volum
         kind: "file".into(),
         replicas: v.replicas.iter().map(name_of).collect(),
         created_ms: v.created_ms,
+        leader_follows_writes: v.leader_follows_writes,
     }
 }
 
@@ -485,6 +493,7 @@ async fn create_volume(
         id,
         name: req.name.clone(),
         replicas: req.replicas,
+        leader_follows_writes: req.leader_follows_writes,
         now_ms: crate::service::now_ms(),
     };
     st.driver.propose(cmd).await?;

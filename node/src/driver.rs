@@ -23,6 +23,7 @@ use holdfast_core::limits;
 use holdfast_core::meta::{
     Change, Command, ConfContext, MetaEvent, MetaMachine, MetaState, Outcome, Proposal, META_GROUP,
 };
+use holdfast_core::placement::WriterAffinity;
 use holdfast_core::resync::PullStats;
 use holdfast_core::wire::{self, PeerMsg, ReplicaChange, ReplicaStatus, VolReply};
 use holdfast_core::{RaftMessage, StateRole};
@@ -395,6 +396,9 @@ struct Volume {
     /// `Break::AckBeforeQuorum` only: writes already acknowledged, proposed
     /// at the next tick (dropped if this node no longer leads by then).
     acked_early: Vec<Vec<u8>>,
+    /// Who asks this leader for changes: the leadership follows the
+    /// busiest replica ([`holdfast_core::placement`]).
+    affinity: WriterAffinity,
     /// The snapshot this replica is pulling or has staged, if any.
     resync: Option<Resync>,
     /// Bytes fetched by resyncs since start, and resyncs done.
@@ -643,6 +647,7 @@ impl Driver {
             let now = Instant::now();
             if now >= next_tick {
                 self.meta.tick()?;
+                self.place_leaders()?;
                 for v in self.volumes.values_mut() {
                     v.group.tick()?;
                     propose_acked_early(v)?;
@@ -745,6 +750,15 @@ impl Driver {
                 if self.disk_low && group != META_GROUP && carries_data(&msg) {
                     return Ok(());
                 }
+                // Nor the leadership of a volume: its writes would fail
+                // with ENOSPC here while other replicas have room. The
+                // leader's transfer times out and it keeps leading.
+                if self.disk_low
+                    && group != META_GROUP
+                    && msg.get_msg_type() == holdfast_core::RaftMessageType::MsgTimeoutNow
+                {
+                    return Ok(());
+                }
                 if group == META_GROUP {
                     self.meta.step(msg)?;
                 } else if msg.get_msg_type() == holdfast_core::RaftMessageType::MsgSnapshot {
@@ -804,6 +818,9 @@ impl Driver {
                     return Ok(());
                 }
                 let is_write = matches!(op, FsOp::Write { .. });
+                if let Some(t) = &tag {
+                    v.affinity.record(t.node);
+                }
                 let proposal = wire::encode(&FsProposal {
                     req_id,
                     origin: me,
@@ -998,6 +1015,32 @@ impl Driver {
     fn req_id(&mut self) -> u64 {
         self.next_req = self.next_req.wrapping_add(1);
         self.next_req
+    }
+
+    /// Moves the leadership of each volume this node leads to the replica
+    /// that asks for most of its changes, where the volume allows it.
+    fn place_leaders(&mut self) -> Result<(), GroupError> {
+        let me = self.meta.id();
+        let meta = self.meta.state_machine().state();
+        for (id, v) in self.volumes.iter_mut() {
+            let follows = meta
+                .volumes
+                .get(id)
+                .is_some_and(|r| r.leader_follows_writes);
+            let leads = follows && !self.disk_low && v.group.status().role == StateRole::Leader;
+            let group = &v.group;
+            let Some(to) = v.affinity.tick(me, leads, |n| group.caught_up_voter(n)) else {
+                continue;
+            };
+            if v.group.transfer_leadership_to(to)? {
+                tracing::info!(
+                    volume = id,
+                    to,
+                    "handing the leadership to the replica that asks for most changes"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Checks free space on the data disk; when it runs short, hands the
@@ -1255,6 +1298,7 @@ impl Driver {
                     group: g,
                     pending: HashMap::new(),
                     acked_early: Vec::new(),
+                    affinity: WriterAffinity::new(),
                     reads: Reads::default(),
                     resync: None,
                     resync_fetched: 0,

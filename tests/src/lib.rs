@@ -498,16 +498,17 @@ impl Cluster {
 
     /// Creates a file volume through node 0.
     pub fn create_volume(&self, name: &str, replicas: usize) {
-        let o = self.cli(
-            0,
-            &[
-                "volume",
-                "create",
-                name,
-                "--replicas",
-                &replicas.to_string(),
-            ],
-        );
+        self.create_volume_with(name, replicas, &[]);
+    }
+
+    /// Creates a file volume through node 0, with more `volume create`
+    /// arguments (`--static-leader` for a test that needs the leadership
+    /// to stay where elections put it).
+    pub fn create_volume_with(&self, name: &str, replicas: usize, extra: &[&str]) {
+        let replicas = replicas.to_string();
+        let mut args = vec!["volume", "create", name, "--replicas", &replicas];
+        args.extend_from_slice(extra);
+        let o = self.cli(0, &args);
         assert!(o.status.success(), "volume create: {}", stderr(&o));
     }
 

@@ -14,9 +14,14 @@ use holdfast_tests::{free_bytes, repo_root, wait_until, Cluster, ClusterOptions}
 
 /// A three-node cluster with volume `web` mounted on every node.
 fn three_mounts() -> (Cluster, Vec<PathBuf>) {
+    three_mounts_with(&[])
+}
+
+/// The same, with more `volume create` arguments.
+fn three_mounts_with(extra: &[&str]) -> (Cluster, Vec<PathBuf>) {
     let c = Cluster::start(3);
     c.wait_converged(0, 3);
-    c.create_volume("web", 3);
+    c.create_volume_with("web", 3, extra);
     let mounts = (0..3).map(|i| c.mount(i, "web")).collect();
     (c, mounts)
 }
@@ -64,12 +69,105 @@ fn write_whole(path: &Path, data: &[u8]) {
 }
 
 fn leader_index(c: &Cluster) -> usize {
+    leader_of(c, "web")
+}
+
+fn leader_of(c: &Cluster, volume: &str) -> usize {
     let name = wait_until("a volume leader", Duration::from_secs(20), || {
-        c.volume_status(0, "web")?["leader"]
+        c.volume_status(0, volume)?["leader"]
             .as_str()
             .map(str::to_string)
     });
     c.index_of(&name)
+}
+
+/// A node that writes a volume through its mount becomes its leader, so
+/// that its writes are not forwarded; a volume created with
+/// `--static-leader` keeps its leader. No acknowledged write is lost on
+/// the way.
+#[test]
+fn the_leadership_follows_the_node_that_writes_unless_static() {
+    let c = Cluster::start(3);
+    c.wait_converged(0, 3);
+    c.create_volume("web", 3);
+    c.create_volume_with("pinned", 3, &["--static-leader"]);
+    let (web_leader, pinned_leader) = (leader_of(&c, "web"), leader_of(&c, "pinned"));
+    let writer = (0..3)
+        .find(|&i| i != web_leader && i != pinned_leader)
+        .unwrap();
+    let dirs = [c.mount(writer, "web"), c.mount(writer, "pinned")];
+    let records = |n: u64| -> String {
+        (0..n)
+            .map(|k| format!("record {k:06} {}\n", "y".repeat(50)))
+            .collect()
+    };
+    // Appends fsync'd records to "log" in both volumes until `until` says
+    // stop; returns how many.
+    let write_until = |files: &mut [File; 2], n: &mut u64, until: &mut dyn FnMut() -> bool| {
+        while !until() {
+            for f in files.iter_mut() {
+                f.write_all(format!("record {n:06} {}\n", "y".repeat(50)).as_bytes())
+                    .unwrap();
+                f.sync_data().unwrap();
+            }
+            *n += 1;
+        }
+    };
+    let open = |d: &PathBuf| {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(d.join("log"))
+            .unwrap()
+    };
+    let mut files = [open(&dirs[0]), open(&dirs[1])];
+    let mut n = 0u64;
+    let started = Instant::now();
+    let mut last_check = Instant::now();
+    write_until(&mut files, &mut n, &mut || {
+        if last_check.elapsed() < Duration::from_millis(500) {
+            return false;
+        }
+        last_check = Instant::now();
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the leadership of web never moved to the writer {}:\n{}",
+            c.nodes[writer].name,
+            c.logs_tail(20)
+        );
+        leader_of(&c, "web") == writer
+    });
+    eprintln!(
+        "web's leadership moved to the writer after {n} records, {:?}",
+        started.elapsed()
+    );
+    // As long again: pinned saw as many writes for as long, and stays.
+    let moved_after = started.elapsed();
+    let again = Instant::now();
+    write_until(&mut files, &mut n, &mut || again.elapsed() >= moved_after);
+    assert_eq!(
+        leader_of(&c, "pinned"),
+        pinned_leader,
+        "a --static-leader volume's leadership moved"
+    );
+    assert_eq!(leader_of(&c, "web"), writer, "web's leadership moved on");
+    drop(files);
+    // Every record, on every node.
+    for i in 0..3 {
+        for v in ["web", "pinned"] {
+            let m = if i == writer {
+                dirs[usize::from(v == "pinned")].clone()
+            } else {
+                c.mount(i, v)
+            };
+            assert_eq!(
+                std::fs::read_to_string(m.join("log")).unwrap(),
+                records(n),
+                "{v} on {}",
+                c.nodes[i].name
+            );
+        }
+    }
 }
 
 #[test]
@@ -372,7 +470,8 @@ impl Fsx {
 
 #[test]
 fn acknowledged_fsyncs_survive_a_kill_of_the_leader() {
-    let (c, m) = three_mounts();
+    // The leadership must not move to the writer before the kill.
+    let (c, m) = three_mounts_with(&["--static-leader"]);
     let leader = leader_index(&c);
     let writer = (0..3).find(|&i| i != leader).unwrap();
     fsyncs_survive_a_kill_of_the_leader(c, m, writer);
@@ -385,7 +484,7 @@ fn acknowledged_fsyncs_survive_a_kill_of_the_leader() {
 fn acknowledged_fsyncs_from_a_node_without_a_replica_survive_a_kill_of_the_leader() {
     let c = Cluster::start(4);
     c.wait_converged(0, 4);
-    c.create_volume("web", 3);
+    c.create_volume_with("web", 3, &["--static-leader"]);
     let status = wait_until("the volume's replicas", Duration::from_secs(20), || {
         c.volume_status(0, "web")
     });
@@ -836,7 +935,8 @@ fn a_full_disk_on_the_leader_moves_the_leadership_and_loses_nothing() {
         },
     );
     c.wait_converged(0, 3);
-    c.create_volume("web", 3);
+    // n3 must keep the leadership until its disk fills, though n1 writes.
+    c.create_volume_with("web", 3, &["--static-leader"]);
     // Make n3, the node with the small disk, the volume's leader: restart
     // whoever leads until n3 wins an election.
     for _ in 0..20 {
