@@ -96,18 +96,13 @@ fn the_leadership_follows_the_node_that_writes_unless_static() {
         .find(|&i| i != web_leader && i != pinned_leader)
         .unwrap();
     let dirs = [c.mount(writer, "web"), c.mount(writer, "pinned")];
-    let records = |n: u64| -> String {
-        (0..n)
-            .map(|k| format!("record {k:06} {}\n", "y".repeat(50)))
-            .collect()
-    };
+    let record = |k: u64| format!("record {k:06} {}\n", "y".repeat(50));
     // Appends fsync'd records to "log" in both volumes until `until` says
-    // stop; returns how many.
+    // stop, counting them in `n`.
     let write_until = |files: &mut [File; 2], n: &mut u64, until: &mut dyn FnMut() -> bool| {
         while !until() {
             for f in files.iter_mut() {
-                f.write_all(format!("record {n:06} {}\n", "y".repeat(50)).as_bytes())
-                    .unwrap();
+                f.write_all(record(*n).as_bytes()).unwrap();
                 f.sync_data().unwrap();
             }
             *n += 1;
@@ -162,7 +157,7 @@ fn the_leadership_follows_the_node_that_writes_unless_static() {
             };
             assert_eq!(
                 std::fs::read_to_string(m.join("log")).unwrap(),
-                records(n),
+                (0..n).map(record).collect::<String>(),
                 "{v} on {}",
                 c.nodes[i].name
             );
@@ -484,7 +479,7 @@ fn acknowledged_fsyncs_survive_a_kill_of_the_leader() {
 fn acknowledged_fsyncs_from_a_node_without_a_replica_survive_a_kill_of_the_leader() {
     let c = Cluster::start(4);
     c.wait_converged(0, 4);
-    c.create_volume_with("web", 3, &["--static-leader"]);
+    c.create_volume("web", 3);
     let status = wait_until("the volume's replicas", Duration::from_secs(20), || {
         c.volume_status(0, "web")
     });
