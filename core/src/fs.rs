@@ -20,6 +20,9 @@
 //! clock); time comes in each op's `now_ns`.
 //! Invariant: a directory's `nlink` is 2 plus its subdirectories; a file's
 //! is its number of directory entries.
+//! Invariant: no block of a file lies wholly past its size (a truncate
+//! deletes them), so unlink and truncate know a file's block keys from its
+//! size and never read them.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -89,6 +92,8 @@ pub struct DirEntry {
 pub struct Stats {
     pub next_ino: Ino,
     pub files: u64,
+    /// The sum of the sizes of the volume's regular files, holes included
+    /// (`du --apparent-size`): kept without reading a block back.
     pub bytes_used: u64,
 }
 
@@ -385,14 +390,13 @@ impl Tx<'_> {
     fn delete_inode(&mut self, inode: &Inode, stats: &mut Stats) -> Result<(), Errno> {
         let ino = inode.attr.ino;
         self.batch.delete(self.m.view.key(b'i', &be(ino), &[]));
-        for tag in [b'b', b'x'] {
-            let start = self.m.view.key(tag, &be(ino), &[]);
-            let end = prefix_end(&start).unwrap_or_default();
-            let bytes = self.drop_range(&start, &end)?;
-            if tag == b'b' {
-                stats.bytes_used = stats.bytes_used.saturating_sub(bytes);
-            }
+        if inode.attr.kind == Kind::File {
+            self.drop_blocks(ino, 0, inode.attr.size);
+            stats.bytes_used = stats.bytes_used.saturating_sub(inode.attr.size);
         }
+        let start = self.m.view.key(b'x', &be(ino), &[]);
+        let end = prefix_end(&start).unwrap_or_default();
+        self.drop_range(&start, &end)?;
         if let Some(node) = inode.orphan_of {
             self.batch
                 .delete(self.m.view.key(b'o', &be(node), &be(ino)));
@@ -427,16 +431,12 @@ impl Tx<'_> {
         }
         Ok(keys)
     }
-    /// Deletes every key in `[start, end)`, through the batch, and returns
-    /// the bytes their values held. A few keys are deleted one by one: every
-    /// RocksDB read walks the range deletions of the memtable, so one per
-    /// unlink would slow each read down until the next flush.
-    fn drop_range(&mut self, start: &[u8], end: &[u8]) -> Result<u64, Errno> {
+    /// Deletes every key in `[start, end)`, through the batch. A few keys
+    /// are deleted one by one: every RocksDB read walks the range deletions
+    /// of the memtable, so one per unlink would slow each read down until
+    /// the next flush.
+    fn drop_range(&mut self, start: &[u8], end: &[u8]) -> Result<(), Errno> {
         let keys = self.keys_in(start, end, usize::MAX)?;
-        let mut bytes = 0;
-        for k in &keys {
-            bytes += self.get(k)?.map(|v| v.len() as u64).unwrap_or(0);
-        }
         if keys.len() <= limits::FS_POINT_DELETES_MAX {
             for k in keys {
                 self.batch.delete(k);
@@ -444,28 +444,43 @@ impl Tx<'_> {
         } else {
             self.batch.delete_range(start.to_vec(), end.to_vec());
         }
-        Ok(bytes)
+        Ok(())
     }
     fn block_key(&self, ino: Ino, idx: u64) -> Vec<u8> {
         self.m.view.key(b'b', &be(ino), &be(idx))
     }
-    /// Drops file data beyond `size` (truncate).
-    fn cut(&mut self, ino: Ino, size: u64, stats: &mut Stats) -> Result<(), Errno> {
+    /// Deletes the blocks of a file of `size` bytes from block `from` on,
+    /// without reading them: no block lies wholly past a file's end (the
+    /// invariant in the module docs), so those are the blocks below
+    /// `size`'s. Reading them would bring their data in from the blob
+    /// files (RocksDB reads a blob as its iterator passes its key): a
+    /// gigabyte read on every replica, in the consensus thread, to unlink
+    /// a gigabyte.
+    fn drop_blocks(&mut self, ino: Ino, from: u64, size: u64) {
+        let to = size.div_ceil(limits::FS_BLOCK_BYTES);
+        if to <= from {
+            return;
+        }
+        if to - from <= limits::FS_POINT_DELETES_MAX as u64 {
+            for idx in from..to {
+                let k = self.block_key(ino, idx);
+                self.batch.delete(k);
+            }
+        } else {
+            let end = prefix_end(&self.m.view.key(b'b', &be(ino), &[])).unwrap_or_default();
+            self.batch.delete_range(self.block_key(ino, from), end);
+        }
+    }
+    /// Shrinks a file of `old_size` bytes to `size` (truncate).
+    fn cut(&mut self, ino: Ino, old_size: u64, size: u64) -> Result<(), Errno> {
         let bs = limits::FS_BLOCK_BYTES;
-        let first_whole = size.div_ceil(bs);
-        // Blocks wholly past the end.
-        let start = self.block_key(ino, first_whole);
-        let end = prefix_end(&self.m.view.key(b'b', &be(ino), &[])).unwrap_or_default();
-        // Blocks written in this batch past the end are among the keys.
-        let bytes = self.drop_range(&start, &end)?;
-        stats.bytes_used = stats.bytes_used.saturating_sub(bytes);
+        self.drop_blocks(ino, size.div_ceil(bs), old_size);
         // The partial last block keeps only its head.
         if !size.is_multiple_of(bs) {
             let k = self.block_key(ino, size / bs);
             if let Some(mut v) = self.get(&k)? {
                 let keep = (size % bs) as usize;
                 if v.len() > keep {
-                    stats.bytes_used = stats.bytes_used.saturating_sub((v.len() - keep) as u64);
                     v.truncate(keep);
                     self.batch.put(k, v);
                 }
@@ -863,8 +878,9 @@ impl FsMachine {
                         return Err(libc::EFBIG);
                     }
                     if size < i.attr.size {
-                        tx.cut(ino, size, stats)?;
+                        tx.cut(ino, i.attr.size, size)?;
                     }
+                    stats.bytes_used = (stats.bytes_used + size).saturating_sub(i.attr.size);
                     i.attr.size = size;
                     i.attr.mtime_ns = now_ns;
                 }
@@ -917,13 +933,11 @@ impl FsMachine {
                     let n = ((bs - (pos - block_start)).min(end - pos)) as usize;
                     let src = &data[(pos - offset) as usize..(pos - offset) as usize + n];
                     let key = tx.block_key(ino, idx);
-                    let old = if in_block == 0 && n as u64 == bs {
-                        None
+                    let mut block = if in_block == 0 && n as u64 == bs {
+                        Vec::new()
                     } else {
-                        tx.get(&key)?
+                        tx.get(&key)?.unwrap_or_default()
                     };
-                    let old_len = old.as_ref().map(|v| v.len()).unwrap_or(0);
-                    let mut block = old.unwrap_or_default();
                     // Bytes past the file's old end inside this block are a
                     // hole, even if a truncate left stale ones: zero them.
                     let valid = i.attr.size.saturating_sub(block_start).min(bs) as usize;
@@ -932,11 +946,10 @@ impl FsMachine {
                         block.resize(in_block + n, 0);
                     }
                     block[in_block..in_block + n].copy_from_slice(src);
-                    stats.bytes_used =
-                        stats.bytes_used.saturating_sub(old_len as u64) + block.len() as u64;
                     tx.batch.put(key, block);
                     pos += n as u64;
                 }
+                stats.bytes_used += end.saturating_sub(i.attr.size);
                 i.attr.size = i.attr.size.max(end);
                 i.attr.mtime_ns = now_ns;
                 i.attr.ctime_ns = now_ns;

@@ -174,11 +174,107 @@ fn bytes_used_follows_writes_and_truncates_even_within_one_round() {
     v.one(write(f, 0, &[1; 100])).unwrap();
     v.one(truncate(f, 10)).unwrap();
     assert_eq!(v.m.stats().bytes_used, 10);
+    // Whole blocks written over count once.
+    let whole = vec![2; 4 * limits::FS_BLOCK_BYTES as usize];
+    v.one(write(f, 0, &whole)).unwrap();
+    v.one(write(f, 0, &whole)).unwrap();
+    assert_eq!(v.m.stats().bytes_used, whole.len() as u64, "an overwrite");
+    // Holes count: the used bytes are the files' sizes.
+    v.one(truncate(f, 1 << 30)).unwrap();
+    v.one(write(f, 1 << 31, b"x")).unwrap();
+    assert_eq!(v.m.stats().bytes_used, (1 << 31) + 1, "a sparse file");
     assert_eq!(
         v.m.view().stats().unwrap(),
         v.m.stats(),
         "the counters are stored as they are kept"
     );
+}
+
+/// An engine that counts the reads of file blocks (`b` keys) that reach it.
+#[derive(Debug)]
+struct BlockReads {
+    inner: MemEngine,
+    reads: std::sync::atomic::AtomicUsize,
+}
+
+impl BlockReads {
+    fn count(&self, key: &[u8]) {
+        let mut block = FsMachine::prefix_of(7);
+        block.push(b'b');
+        if key.starts_with(&block) {
+            self.reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl Engine for BlockReads {
+    fn get(&self, key: &[u8]) -> holdfast_storage::Result<Option<Vec<u8>>> {
+        self.count(key);
+        self.inner.get(key)
+    }
+    fn write(&self, batch: Batch, sync: bool) -> holdfast_storage::Result<()> {
+        self.inner.write(batch, sync)
+    }
+    fn scan(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> holdfast_storage::Result<()> {
+        self.inner.scan(start, end, &mut |k, v| {
+            self.count(k);
+            visit(k, v)
+        })
+    }
+    fn sync(&self) -> holdfast_storage::Result<()> {
+        self.inner.sync()
+    }
+    fn snapshot(&self) -> Arc<dyn holdfast_storage::Snapshot> {
+        self.inner.snapshot()
+    }
+}
+
+/// RocksDB reads a blob's data as its iterator passes the key, so a file's
+/// blocks must not be read to delete them: unlinking a gigabyte would read
+/// a gigabyte on every replica, in the consensus thread. Only a truncate's
+/// partial last block is read (to cut it).
+#[test]
+fn unlink_and_truncate_read_no_file_data() {
+    let engine = Arc::new(BlockReads {
+        inner: MemEngine::new(),
+        reads: Default::default(),
+    });
+    engine.write(FsMachine::initial_batch(7, 0), true).unwrap();
+    let dyn_engine: Arc<dyn Engine> = engine.clone();
+    let m = FsMachine::load(dyn_engine.clone(), 7).unwrap();
+    let mut v = Vol {
+        engine: dyn_engine,
+        m,
+    };
+    let bs = limits::FS_BLOCK_BYTES;
+    let f = v.ino(ROOT_INO, "f", Kind::File);
+    let blocks = 2 * limits::FS_POINT_DELETES_MAX as u64;
+    let whole = vec![3; (blocks * bs) as usize];
+    for (off, chunk) in whole.chunks(limits::FS_WRITE_BYTES_MAX).enumerate() {
+        let off = (off * limits::FS_WRITE_BYTES_MAX) as u64;
+        v.one(write(f, off, chunk)).unwrap();
+    }
+    let reads = || engine.reads.load(std::sync::atomic::Ordering::Relaxed);
+    let before = reads();
+    v.one(truncate(f, 10 * bs)).unwrap();
+    v.one(truncate(f, 5 * bs + 1)).unwrap();
+    assert_eq!(
+        reads() - before,
+        1,
+        "a truncate reads its partial block only"
+    );
+    assert_eq!(keys_under(&v, b'b'), 6, "blocks left after the truncates");
+    let before = reads();
+    v.one(unlink(ROOT_INO, "f", false, None)).unwrap();
+    assert_eq!(reads(), before, "an unlink reads no block");
+    assert_eq!(keys_under(&v, b'b'), 0, "blocks left after the unlink");
+    assert_eq!(v.m.stats().bytes_used, 0);
 }
 
 #[test]
