@@ -117,9 +117,19 @@ pub const FS_OP_RESULTS_BLOCK: u64 = 1024;
 /// data: as a volume leader it refuses writes with ENOSPC (and hands the
 /// leadership to a replica with room); as a follower it leaves appends
 /// unprocessed and lags until space is freed, then catches up.
-/// RocksDB's background work (memtable flushes, compactions) needs room
-/// too, so the reserve is several memtables large.
-pub const DISK_RESERVE_BYTES: u64 = 192 << 20;
+/// RocksDB's background work needs room too: a flush of what its
+/// memtables hold, and a compaction.
+pub const DISK_RESERVE_BYTES: u64 = MEMTABLES.unflushed_bytes() + (128 << 20);
+/// A node's RocksDB memtables. A Raft log entry is deleted soon after it is
+/// applied, mostly within the next memtable or two; merged into one flush
+/// with the memtable where it was deleted, it never reaches a file. With
+/// one memtable per flush, a 1 GiB sequential write wrote about 3.7 GiB of
+/// blob files on each replica; with four, about 1.7 GiB (BENCHMARKS.md).
+/// Up to 192 MiB of memory per node.
+pub const MEMTABLES: holdfast_storage::Memtables = holdfast_storage::Memtables {
+    bytes: 32 << 20,
+    per_flush: 4,
+};
 /// Free bytes above the reserve before a short node takes data again, so
 /// that it does not flap as RocksDB's files come and go.
 pub const DISK_RESERVE_HYSTERESIS_BYTES: u64 = 64 << 20;

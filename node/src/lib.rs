@@ -205,9 +205,10 @@ fn open_engine(dir: &DataDir) -> Result<Arc<dyn Engine>, NodeError> {
         hardware = holdfast_storage::crc::hardware_crc_in_use(),
         "RocksDB checksums (CRC32C)"
     );
-    Ok(Arc::new(RocksEngine::open(&dir.db()).map_err(|e| {
-        NodeError::Local(format!("cannot open {}: {e}", dir.db().display()))
-    })?))
+    Ok(Arc::new(
+        RocksEngine::open(&dir.db(), holdfast_core::limits::MEMTABLES)
+            .map_err(|e| NodeError::Local(format!("cannot open {}: {e}", dir.db().display())))?,
+    ))
 }
 
 fn bootstrap(

@@ -5,6 +5,22 @@ use rocksdb::{DBRawIterator, Options, ReadOptions, WriteBatch, WriteOptions, DB}
 
 use crate::{Batch, Engine, Op, Result, Snapshot, StorageError};
 
+/// How a [`RocksEngine`] buffers writes in memory: memtables of `bytes`,
+/// `per_flush` of them merged into each flush, and two more that take
+/// writes while a flush runs. The most it holds unflushed is
+/// [`Memtables::unflushed_bytes`], in memory and later on disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Memtables {
+    pub bytes: usize,
+    pub per_flush: usize,
+}
+
+impl Memtables {
+    pub const fn unflushed_bytes(&self) -> u64 {
+        (self.bytes * (self.per_flush + 2)) as u64
+    }
+}
+
 /// The production [`Engine`]: one RocksDB database in a folder.
 #[derive(Debug)]
 pub struct RocksEngine {
@@ -87,7 +103,7 @@ fn map_err(e: rocksdb::Error) -> StorageError {
 
 impl RocksEngine {
     /// Opens (creating if needed) the database in `dir`.
-    pub fn open(dir: &Path) -> Result<Self> {
+    pub fn open(dir: &Path, memtables: Memtables) -> Result<Self> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.set_max_open_files(256);
@@ -99,10 +115,9 @@ impl RocksEngine {
         // File data is mostly already compressed (images, archives, video);
         // compressing blocks costs CPU on every read and saves little.
         opts.set_compression_type(rocksdb::DBCompressionType::None);
-        // Small memtables bound the size of each flush, so that a node
-        // short of disk (see DISK_RESERVE_BYTES) never needs much room.
-        opts.set_write_buffer_size(32 << 20);
-        opts.set_max_write_buffer_number(2);
+        opts.set_write_buffer_size(memtables.bytes);
+        opts.set_max_write_buffer_number(memtables.per_flush as i32 + 2);
+        opts.set_min_write_buffer_number_to_merge(memtables.per_flush as i32);
         opts.set_enable_blob_files(true);
         opts.set_min_blob_size(4096);
         opts.set_enable_blob_gc(true);

@@ -1,7 +1,13 @@
 //! Runs the one conformance suite against both engines.
 
 use holdfast_storage::conformance::{run, Harness};
-use holdfast_storage::{Batch, Engine, MemEngine, RocksEngine, StorageError};
+use holdfast_storage::{Batch, Engine, MemEngine, Memtables, RocksEngine, StorageError};
+
+/// As in production (`holdfast_core::limits::MEMTABLES`): merged flushes.
+const MEMTABLES: Memtables = Memtables {
+    bytes: 32 << 20,
+    per_flush: 4,
+};
 
 struct Mem;
 impl Harness for Mem {
@@ -22,13 +28,13 @@ impl Harness for Rocks {
     type E = RocksEngine;
     fn open(&mut self) -> RocksEngine {
         let d = tempfile::tempdir().unwrap();
-        let e = RocksEngine::open(d.path()).unwrap();
+        let e = RocksEngine::open(d.path(), MEMTABLES).unwrap();
         self.dirs.push(d);
         e
     }
     fn crash_and_reopen(&mut self, e: RocksEngine) -> RocksEngine {
         drop(e);
-        RocksEngine::open(self.dirs.last().unwrap().path()).unwrap()
+        RocksEngine::open(self.dirs.last().unwrap().path(), MEMTABLES).unwrap()
     }
 }
 

@@ -28,7 +28,14 @@ fn librocksdb_extend() -> Extend {
 fn the_hardware_crc_matches_librocksdb_and_the_standard() {
     // Link the engine, so that librocksdb is loaded.
     let dir = tempfile::tempdir().expect("temp dir");
-    let _db = holdfast_storage::RocksEngine::open(dir.path()).expect("open");
+    let _db = holdfast_storage::RocksEngine::open(
+        dir.path(),
+        holdfast_storage::Memtables {
+            bytes: 4 << 20,
+            per_flush: 1,
+        },
+    )
+    .expect("open");
     let theirs = librocksdb_extend();
     assert_ne!(
         theirs as *const () as usize, ours as *const () as usize,

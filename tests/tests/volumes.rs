@@ -800,7 +800,7 @@ fn a_full_disk_on_one_replica_fails_only_what_it_must_and_recovers() {
     let m = c.mount(0, "web");
     // The volume must have elected its first leader before writes count.
     leader_index(&c);
-    // Write until n3 runs below its reserve (about 400 MiB of its 600 MiB
+    // Write until n3 runs below its reserve (about 280 MiB of its 600 MiB
     // are usable). The other two replicas have room, so every write must
     // succeed; one may see ENOSPC while the leadership moves away from a
     // full n3, and is retried.

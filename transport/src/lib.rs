@@ -240,17 +240,22 @@ async fn exchange(
     request: &[u8],
     reply_max: usize,
 ) -> Result<Vec<u8>, TransportError> {
-    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| closed_reason(&e))?;
-    write_frame(&mut send, request).await?;
-    let _ = send.finish();
-    match read_frame(&mut recv, reply_max).await {
-        Ok(Some(r)) => Ok(r),
-        Ok(None) => Err(TransportError::Lost("stream ended without a reply".into())),
-        Err(e) => Err(match conn.close_reason() {
-            Some(reason) => closed_reason(&reason),
-            None => e,
-        }),
+    let result = async {
+        let (mut send, mut recv) = conn.open_bi().await.map_err(|e| closed_reason(&e))?;
+        write_frame(&mut send, request).await?;
+        let _ = send.finish();
+        read_frame(&mut recv, reply_max)
+            .await?
+            .ok_or_else(|| TransportError::Lost("stream ended without a reply".into()))
     }
+    .await;
+    // A peer that refuses our certificate does so after our side of the
+    // handshake is done, so the refusal may come while we write or read:
+    // report it, not the stream's bare "connection lost".
+    result.map_err(|e| match conn.close_reason() {
+        Some(reason) => closed_reason(&reason),
+        None => e,
+    })
 }
 
 fn client_endpoint(addr: SocketAddr) -> Result<quinn::Endpoint, TransportError> {
