@@ -27,7 +27,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use holdfast_storage::{prefix_end, Batch, Engine};
+use holdfast_storage::{prefix_end, Batch, Engine, Family, Split};
 use serde::{Deserialize, Serialize};
 
 use crate::group::StateMachine;
@@ -490,6 +490,41 @@ impl Tx<'_> {
     }
 }
 
+/// The length of `v/<volume>/`.
+const VOLUME_PREFIX_BYTES: usize = 11;
+
+fn is_volume_prefix(k: &[u8]) -> bool {
+    k.len() >= VOLUME_PREFIX_BYTES && k.starts_with(b"v/") && k[VOLUME_PREFIX_BYTES - 1] == b'/'
+}
+
+/// Whether `k` is a file block's key, `v/<volume>/b...`.
+fn is_block_key(k: &[u8]) -> bool {
+    is_volume_prefix(k) && k.get(VOLUME_PREFIX_BYTES) == Some(&b'b')
+}
+
+/// Where the keys in `[s, e)` may be: blocks, other keys, or both.
+fn block_family(s: &[u8], e: &[u8]) -> Family {
+    if is_volume_prefix(s) {
+        let volume = &s[..VOLUME_PREFIX_BYTES];
+        if prefix_end(volume).is_some_and(|end| e <= end.as_slice()) {
+            let blocks = [volume, b"b"].concat();
+            let past = [volume, b"c"].concat();
+            return if s >= blocks.as_slice() && e <= past.as_slice() {
+                Family::Bulk
+            } else if e <= blocks.as_slice() || s >= past.as_slice() {
+                Family::Default
+            } else {
+                Family::Both
+            };
+        }
+    }
+    if e <= b"v/".as_slice() || s >= b"v0".as_slice() {
+        Family::Default
+    } else {
+        Family::Both
+    }
+}
+
 fn apply_time(t: TimeSet, now: i64) -> i64 {
     match t {
         TimeSet::Now => now,
@@ -557,6 +592,19 @@ impl FsMachine {
     }
 
     /// Where volume `volume`'s applied state lives in the engine.
+    /// How a node's RocksDB keeps file blocks apart from everything else
+    /// (`holdfast_storage::Split`): a block is written once and kept, while
+    /// log entries and metadata come and go, and their flushes span the
+    /// whole key space. Together, every compaction of the short-lived keys
+    /// rewrote the references to every block and moved a quarter of the
+    /// blocks (RocksDB's blob garbage collection relocates what lives in
+    /// the oldest quarter of its blob files whenever a compaction passes
+    /// over it): a cost that grew with the volume's size.
+    pub const STORAGE_SPLIT: Split = Split {
+        is_bulk: is_block_key,
+        range: block_family,
+    };
+
     pub fn prefix_of(volume: u64) -> Vec<u8> {
         let mut prefix = b"v/".to_vec();
         prefix.extend_from_slice(&be(volume));

@@ -125,7 +125,8 @@ pub const DISK_RESERVE_BYTES: u64 = MEMTABLES.unflushed_bytes() + (128 << 20);
 /// with the memtable where it was deleted, it never reaches a file. With
 /// one memtable per flush, a 1 GiB sequential write wrote about 3.7 GiB of
 /// blob files on each replica; with four, about 1.7 GiB (BENCHMARKS.md).
-/// Up to 192 MiB of memory per node.
+/// File blocks have two memtables of their own (`fs::FsMachine::
+/// STORAGE_SPLIT`): up to 256 MiB of memory per node in all.
 pub const MEMTABLES: holdfast_storage::Memtables = holdfast_storage::Memtables {
     bytes: 32 << 20,
     per_flush: 4,

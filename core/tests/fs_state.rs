@@ -492,3 +492,57 @@ fn results_are_deleted_once_the_low_water_mark_passes_them() {
         "the repeat was not applied"
     );
 }
+
+/// File blocks, and only they, go to RocksDB's bulk column family; a range
+/// is looked for in every family that may hold keys of it.
+#[test]
+fn file_blocks_and_only_they_are_bulk_keys() {
+    use holdfast_storage::Family;
+    let split = FsMachine::STORAGE_SPLIT;
+    let v = FsMachine::prefix_of(7);
+    let key = |tag: u8, rest: &[u8]| [&v[..], &[tag], rest].concat();
+    let block = key(b'b', &[0, 0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 1]);
+    assert!((split.is_bulk)(&block));
+    for other in [
+        key(b'i', &[0; 8]),
+        key(b'd', b"x"),
+        key(b'm', &[]),
+        v.clone(),
+    ] {
+        assert!(!(split.is_bulk)(&other), "{other:?}");
+    }
+    assert!(!(split.is_bulk)(b"r/\x00\x00\x00\x00\x00\x00\x00\x07/e"));
+    let file = key(b'b', &[0, 0, 0, 0, 0, 0, 0, 9]);
+    let next_file = key(b'b', &[0, 0, 0, 0, 0, 0, 0, 10]);
+    assert_eq!(
+        (split.range)(&file, &next_file),
+        Family::Bulk,
+        "one file's blocks"
+    );
+    assert_eq!(
+        (split.range)(&key(b'x', &[]), &key(b'y', &[])),
+        Family::Default,
+        "attributes"
+    );
+    assert_eq!(
+        (split.range)(&key(b'a', &[]), &key(b'z', &[])),
+        Family::Both,
+        "a volume"
+    );
+    assert_eq!(
+        (split.range)(&v, &holdfast_storage::prefix_end(&v).unwrap()),
+        Family::Both,
+        "a whole volume"
+    );
+    assert_eq!(
+        (split.range)(b"r/", b"r0"),
+        Family::Default,
+        "the Raft logs"
+    );
+    assert_eq!(
+        (split.range)(b"s/", b"s0"),
+        Family::Default,
+        "resync staging"
+    );
+    assert_eq!((split.range)(b"a", b"z"), Family::Both, "everything");
+}

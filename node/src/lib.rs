@@ -206,8 +206,12 @@ fn open_engine(dir: &DataDir) -> Result<Arc<dyn Engine>, NodeError> {
         "RocksDB checksums (CRC32C)"
     );
     Ok(Arc::new(
-        RocksEngine::open(&dir.db(), holdfast_core::limits::MEMTABLES)
-            .map_err(|e| NodeError::Local(format!("cannot open {}: {e}", dir.db().display())))?,
+        RocksEngine::open(
+            &dir.db(),
+            holdfast_core::limits::MEMTABLES,
+            Some(holdfast_core::fs::FsMachine::STORAGE_SPLIT),
+        )
+        .map_err(|e| NodeError::Local(format!("cannot open {}: {e}", dir.db().display())))?,
     ))
 }
 

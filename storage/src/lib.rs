@@ -16,7 +16,7 @@ pub mod conformance;
 pub mod crc;
 
 pub use mem::MemEngine;
-pub use rocks::{Memtables, RocksEngine};
+pub use rocks::{Family, Memtables, RocksEngine, Split};
 
 /// Why a storage operation failed. Storage errors are always *local*: no
 /// peer or client caused them.

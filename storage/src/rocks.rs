@@ -1,14 +1,19 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{DBRawIterator, Options, ReadOptions, WriteBatch, WriteOptions, DB};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, DBRawIterator, Options, ReadOptions, WriteBatch,
+    WriteOptions, DB,
+};
 
 use crate::{Batch, Engine, Op, Result, Snapshot, StorageError};
 
-/// How a [`RocksEngine`] buffers writes in memory: memtables of `bytes`,
-/// `per_flush` of them merged into each flush, and two more that take
-/// writes while a flush runs. The most it holds unflushed is
-/// [`Memtables::unflushed_bytes`], in memory and later on disk.
+/// How a [`RocksEngine`] buffers writes in memory. The default column
+/// family has memtables of `bytes`, `per_flush` of them merged into each
+/// flush and two more that take writes while a flush runs; the bulk
+/// family ([`Split`]) has two of `bytes`, flushed one at a time. The most
+/// it holds unflushed is [`Memtables::unflushed_bytes`], in memory and
+/// later on disk.
 #[derive(Debug, Clone, Copy)]
 pub struct Memtables {
     pub bytes: usize,
@@ -17,26 +22,78 @@ pub struct Memtables {
 
 impl Memtables {
     pub const fn unflushed_bytes(&self) -> u64 {
-        (self.bytes * (self.per_flush + 2)) as u64
+        (self.bytes * (self.per_flush + 2 + 2)) as u64
     }
 }
+
+/// Which column families keys in a range may live in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    Default,
+    Bulk,
+    Both,
+}
+
+/// How a [`RocksEngine`] splits its keys between two column families: the
+/// caller's bulk keys (file data, written once and kept) in their own, so
+/// that a flush or compaction of the rest (logs, metadata, short-lived
+/// keys whose ranges span the whole key space) never has to rewrite them,
+/// and compactions of bulk keys only meet the bulk files their range
+/// overlaps.
+#[derive(Debug, Clone, Copy)]
+pub struct Split {
+    /// Whether `key` is a bulk key.
+    pub is_bulk: fn(&[u8]) -> bool,
+    /// Which families the keys in `[start, end)` may be in (`start < end`).
+    pub range: fn(&[u8], &[u8]) -> Family,
+}
+
+const BULK: &str = "bulk";
 
 /// The production [`Engine`]: one RocksDB database in a folder.
 #[derive(Debug)]
 pub struct RocksEngine {
     db: Arc<DB>,
+    split: Option<Split>,
+}
+
+/// The column family of `key` (`None`: the default one).
+fn family_of<'a>(db: &'a DB, split: Option<Split>, key: &[u8]) -> Option<&'a ColumnFamily> {
+    match split {
+        Some(s) if (s.is_bulk)(key) => db.cf_handle(BULK),
+        _ => None,
+    }
+}
+
+/// The column families to scan or delete `[start, end)` in.
+fn families_of<'a>(
+    db: &'a DB,
+    split: Option<Split>,
+    start: &[u8],
+    end: &[u8],
+) -> Vec<Option<&'a ColumnFamily>> {
+    match split.map(|s| (s.range)(start, end)) {
+        None | Some(Family::Default) => vec![None],
+        Some(Family::Bulk) => vec![db.cf_handle(BULK)],
+        Some(Family::Both) => vec![None, db.cf_handle(BULK)],
+    }
 }
 
 type DbSnapshot<'a> = rocksdb::SnapshotWithThreadMode<'a, DB>;
 
 self_cell::self_cell!(
     /// A RocksDB snapshot together with the database it borrows from.
-    struct RocksSnapshot {
+    struct SnapshotCell {
         owner: Arc<DB>,
         #[covariant]
         dependent: DbSnapshot,
     }
 );
+
+struct RocksSnapshot {
+    cell: SnapshotCell,
+    split: Option<Split>,
+}
 
 impl std::fmt::Debug for RocksSnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -50,27 +107,50 @@ fn bounded(end: &[u8]) -> ReadOptions {
     ro
 }
 
+/// Visits the keys of one or two iterators (column families hold
+/// disjoint keys) in ascending order, from `start`.
 fn scan_with(
-    mut it: DBRawIterator<'_>,
+    mut its: Vec<DBRawIterator<'_>>,
     start: &[u8],
     visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
 ) -> Result<()> {
-    it.seek(start);
-    while it.valid() {
-        let (Some(k), Some(v)) = (it.key(), it.value()) else {
+    for it in &mut its {
+        it.seek(start);
+    }
+    loop {
+        // The iterator at the smallest key.
+        let mut next: Option<usize> = None;
+        for (i, it) in its.iter().enumerate() {
+            if !it.valid() {
+                continue;
+            }
+            if next.is_none_or(|n| it.key() < its[n].key()) {
+                next = Some(i);
+            }
+        }
+        let Some(i) = next else { break };
+        let (Some(k), Some(v)) = (its[i].key(), its[i].value()) else {
             break;
         };
         if !visit(k, v) {
             return Ok(());
         }
-        it.next();
+        its[i].next();
     }
-    it.status().map_err(map_err)
+    for it in &its {
+        it.status().map_err(map_err)?;
+    }
+    Ok(())
 }
 
 impl Snapshot for RocksSnapshot {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.borrow_dependent().get(key).map_err(map_err)
+        let (db, snap) = (self.cell.borrow_owner(), self.cell.borrow_dependent());
+        match family_of(db, self.split, key) {
+            Some(cf) => snap.get_cf(cf, key),
+            None => snap.get(key),
+        }
+        .map_err(map_err)
     }
 
     fn scan(
@@ -82,11 +162,15 @@ impl Snapshot for RocksSnapshot {
         if start >= end {
             return Ok(());
         }
-        scan_with(
-            self.borrow_dependent().raw_iterator_opt(bounded(end)),
-            start,
-            visit,
-        )
+        let (db, snap) = (self.cell.borrow_owner(), self.cell.borrow_dependent());
+        let its = families_of(db, self.split, start, end)
+            .into_iter()
+            .map(|cf| match cf {
+                Some(cf) => snap.raw_iterator_cf_opt(cf, bounded(end)),
+                None => snap.raw_iterator_opt(bounded(end)),
+            })
+            .collect();
+        scan_with(its, start, visit)
     }
 }
 
@@ -102,10 +186,12 @@ fn map_err(e: rocksdb::Error) -> StorageError {
 }
 
 impl RocksEngine {
-    /// Opens (creating if needed) the database in `dir`.
-    pub fn open(dir: &Path, memtables: Memtables) -> Result<Self> {
+    /// Opens (creating if needed) the database in `dir`, with its keys
+    /// split between two column families as `split` says (`None`: one).
+    pub fn open(dir: &Path, memtables: Memtables, split: Option<Split>) -> Result<Self> {
         let mut opts = Options::default();
         opts.create_if_missing(true);
+        opts.create_missing_column_families(true);
         opts.set_max_open_files(256);
         opts.set_keep_log_file_num(4);
         // Reads of a damaged file fail instead of returning garbage.
@@ -115,34 +201,68 @@ impl RocksEngine {
         // File data is mostly already compressed (images, archives, video);
         // compressing blocks costs CPU on every read and saves little.
         opts.set_compression_type(rocksdb::DBCompressionType::None);
-        opts.set_write_buffer_size(memtables.bytes);
-        opts.set_max_write_buffer_number(memtables.per_flush as i32 + 2);
-        opts.set_min_write_buffer_number_to_merge(memtables.per_flush as i32);
         opts.set_enable_blob_files(true);
         opts.set_min_blob_size(4096);
         opts.set_enable_blob_gc(true);
         opts.set_advise_random_on_open(false);
-        let db = DB::open(&opts, dir).map_err(map_err)?;
-        Ok(Self { db: Arc::new(db) })
+        opts.set_write_buffer_size(memtables.bytes);
+        // Bulk keys are kept: merging their memtables saves nothing.
+        let bulk = opts.clone();
+        opts.set_max_write_buffer_number(memtables.per_flush as i32 + 2);
+        opts.set_min_write_buffer_number_to_merge(memtables.per_flush as i32);
+        let mut cfs = vec![ColumnFamilyDescriptor::new("default", opts.clone())];
+        if split.is_some() {
+            // A database made without the split holds its bulk keys in the
+            // default family, where they would never be looked for.
+            if let Ok(existing) = DB::list_cf(&opts, dir) {
+                if !existing.iter().any(|cf| cf == BULK) {
+                    return Err(StorageError::Corruption(format!(
+                        "{} was written without a {BULK} column family (by an \
+                         earlier build?) and cannot be read by this one",
+                        dir.display()
+                    )));
+                }
+            }
+            cfs.push(ColumnFamilyDescriptor::new(BULK, bulk));
+        }
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(map_err)?;
+        Ok(Self {
+            db: Arc::new(db),
+            split,
+        })
     }
 }
 
 impl Engine for RocksEngine {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.db.get(key).map_err(map_err)
+        match family_of(&self.db, self.split, key) {
+            Some(cf) => self.db.get_cf(cf, key),
+            None => self.db.get(key),
+        }
+        .map_err(map_err)
     }
 
     fn write(&self, batch: Batch, sync: bool) -> Result<()> {
         let mut wb = WriteBatch::default();
         for op in batch.ops() {
             match op {
-                Op::Put(k, v) => wb.put(k, v),
-                Op::Delete(k) => wb.delete(k),
-                Op::DeleteRange(s, e) => {
-                    if s < e {
-                        wb.delete_range(s, e)
+                Op::Put(k, v) => match family_of(&self.db, self.split, k) {
+                    Some(cf) => wb.put_cf(cf, k, v),
+                    None => wb.put(k, v),
+                },
+                Op::Delete(k) => match family_of(&self.db, self.split, k) {
+                    Some(cf) => wb.delete_cf(cf, k),
+                    None => wb.delete(k),
+                },
+                Op::DeleteRange(s, e) if s < e => {
+                    for cf in families_of(&self.db, self.split, s, e) {
+                        match cf {
+                            Some(cf) => wb.delete_range_cf(cf, s, e),
+                            None => wb.delete_range(s, e),
+                        }
                     }
                 }
+                Op::DeleteRange(..) => {}
             }
         }
         let mut wo = WriteOptions::default();
@@ -159,7 +279,14 @@ impl Engine for RocksEngine {
         if start >= end {
             return Ok(());
         }
-        scan_with(self.db.raw_iterator_opt(bounded(end)), start, visit)
+        let its = families_of(&self.db, self.split, start, end)
+            .into_iter()
+            .map(|cf| match cf {
+                Some(cf) => self.db.raw_iterator_cf_opt(cf, bounded(end)),
+                None => self.db.raw_iterator_opt(bounded(end)),
+            })
+            .collect();
+        scan_with(its, start, visit)
     }
 
     fn sync(&self) -> Result<()> {
@@ -167,6 +294,9 @@ impl Engine for RocksEngine {
     }
 
     fn snapshot(&self) -> Arc<dyn Snapshot> {
-        Arc::new(RocksSnapshot::new(self.db.clone(), |db| db.snapshot()))
+        Arc::new(RocksSnapshot {
+            cell: SnapshotCell::new(self.db.clone(), |db| db.snapshot()),
+            split: self.split,
+        })
     }
 }

@@ -1,12 +1,30 @@
 //! Runs the one conformance suite against both engines.
 
 use holdfast_storage::conformance::{run, Harness};
-use holdfast_storage::{Batch, Engine, MemEngine, Memtables, RocksEngine, StorageError};
+use holdfast_storage::{
+    Batch, Engine, Family, MemEngine, Memtables, RocksEngine, Split, StorageError,
+};
 
 /// As in production (`holdfast_core::limits::MEMTABLES`): merged flushes.
 const MEMTABLES: Memtables = Memtables {
     bytes: 32 << 20,
     per_flush: 4,
+};
+
+/// Keys starting with `b` or `d` live in the bulk column family, so that
+/// the suite's scans, snapshots and range deletions cross both.
+const SPLIT: Split = Split {
+    is_bulk: |k| matches!(k.first(), Some(b'b' | b'd')),
+    range: |s, e| {
+        let bulk = [(&b"b"[..], &b"c"[..]), (b"d", b"e")];
+        if bulk.iter().any(|(lo, hi)| s >= *lo && e <= *hi) {
+            Family::Bulk
+        } else if bulk.iter().all(|(lo, hi)| e <= *lo || s >= *hi) {
+            Family::Default
+        } else {
+            Family::Both
+        }
+    },
 };
 
 struct Mem;
@@ -28,13 +46,13 @@ impl Harness for Rocks {
     type E = RocksEngine;
     fn open(&mut self) -> RocksEngine {
         let d = tempfile::tempdir().unwrap();
-        let e = RocksEngine::open(d.path(), MEMTABLES).unwrap();
+        let e = RocksEngine::open(d.path(), MEMTABLES, Some(SPLIT)).unwrap();
         self.dirs.push(d);
         e
     }
     fn crash_and_reopen(&mut self, e: RocksEngine) -> RocksEngine {
         drop(e);
-        RocksEngine::open(self.dirs.last().unwrap().path(), MEMTABLES).unwrap()
+        RocksEngine::open(self.dirs.last().unwrap().path(), MEMTABLES, Some(SPLIT)).unwrap()
     }
 }
 
@@ -98,4 +116,28 @@ fn a_batch_reads_its_own_pending_writes() {
         b.read_through(&e, b"c").unwrap().as_deref(),
         Some(&b"again"[..])
     );
+}
+
+#[test]
+fn a_database_made_without_the_split_is_refused_with_it() {
+    let d = tempfile::tempdir().unwrap();
+    let e = RocksEngine::open(d.path(), MEMTABLES, None).unwrap();
+    e.write(
+        {
+            let mut b = Batch::new();
+            b.put(b"b1".to_vec(), b"data".to_vec());
+            b
+        },
+        true,
+    )
+    .unwrap();
+    drop(e);
+    let err = RocksEngine::open(d.path(), MEMTABLES, Some(SPLIT)).unwrap_err();
+    assert!(
+        matches!(&err, StorageError::Corruption(m) if m.contains("bulk column family")),
+        "{err}"
+    );
+    // The same build opens it again.
+    let e = RocksEngine::open(d.path(), MEMTABLES, None).unwrap();
+    assert_eq!(e.get(b"b1").unwrap().as_deref(), Some(&b"data"[..]));
 }

@@ -34,6 +34,7 @@ fn the_hardware_crc_matches_librocksdb_and_the_standard() {
             bytes: 4 << 20,
             per_flush: 1,
         },
+        None,
     )
     .expect("open");
     let theirs = librocksdb_extend();
