@@ -8,6 +8,9 @@ use holdfast_core::fs::{FsMachine, FsOp, FsReply, Kind, OpTag, ROOT_INO};
 use holdfast_core::limits;
 use holdfast_storage::{Batch, Engine, MemEngine};
 
+mod watched;
+use watched::Watched;
+
 struct Vol {
     engine: Arc<dyn Engine>,
     m: FsMachine,
@@ -190,61 +193,13 @@ fn bytes_used_follows_writes_and_truncates_even_within_one_round() {
     );
 }
 
-/// An engine that counts the reads of file blocks (`b` keys) that reach it.
-#[derive(Debug)]
-struct BlockReads {
-    inner: MemEngine,
-    reads: std::sync::atomic::AtomicUsize,
-}
-
-impl BlockReads {
-    fn count(&self, key: &[u8]) {
-        let mut block = FsMachine::prefix_of(7);
-        block.push(b'b');
-        if key.starts_with(&block) {
-            self.reads
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
-    }
-}
-
-impl Engine for BlockReads {
-    fn get(&self, key: &[u8]) -> holdfast_storage::Result<Option<Vec<u8>>> {
-        self.count(key);
-        self.inner.get(key)
-    }
-    fn write(&self, batch: Batch, sync: bool) -> holdfast_storage::Result<()> {
-        self.inner.write(batch, sync)
-    }
-    fn scan(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> holdfast_storage::Result<()> {
-        self.inner.scan(start, end, &mut |k, v| {
-            self.count(k);
-            visit(k, v)
-        })
-    }
-    fn sync(&self) -> holdfast_storage::Result<()> {
-        self.inner.sync()
-    }
-    fn snapshot(&self) -> Arc<dyn holdfast_storage::Snapshot> {
-        self.inner.snapshot()
-    }
-}
-
 /// RocksDB reads a blob's data as its iterator passes the key, so a file's
 /// blocks must not be read to delete them: unlinking a gigabyte would read
 /// a gigabyte on every replica, in the consensus thread. Only a truncate's
 /// partial last block is read (to cut it).
 #[test]
 fn unlink_and_truncate_read_no_file_data() {
-    let engine = Arc::new(BlockReads {
-        inner: MemEngine::new(),
-        reads: Default::default(),
-    });
+    let engine = Arc::new(Watched::new([&FsMachine::prefix_of(7)[..], b"b"].concat()));
     engine.write(FsMachine::initial_batch(7, 0), true).unwrap();
     let dyn_engine: Arc<dyn Engine> = engine.clone();
     let m = FsMachine::load(dyn_engine.clone(), 7).unwrap();
@@ -260,7 +215,7 @@ fn unlink_and_truncate_read_no_file_data() {
         let off = (off * limits::FS_WRITE_BYTES_MAX) as u64;
         v.one(write(f, off, chunk)).unwrap();
     }
-    let reads = || engine.reads.load(std::sync::atomic::Ordering::Relaxed);
+    let reads = || engine.reads();
     let before = reads();
     v.one(truncate(f, 10 * bs)).unwrap();
     v.one(truncate(f, 5 * bs + 1)).unwrap();

@@ -3,51 +3,17 @@
 //! deletion per compaction slows every RocksDB read until the next
 //! memtable flush), and none is left behind.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use holdfast_core::fs::FsMachine;
 use holdfast_core::group::{bootstrap, prefix_of, RaftGroup};
 use holdfast_core::limits;
-use holdfast_storage::{Batch, Engine, MemEngine, Op, Snapshot};
+use holdfast_storage::Engine;
+
+mod watched;
+use watched::Watched;
 
 const VOLUME: u64 = 9;
-
-/// A [`MemEngine`] that counts the range deletions written to it.
-#[derive(Debug, Default)]
-struct Counting {
-    inner: MemEngine,
-    ranges: AtomicUsize,
-}
-
-impl Engine for Counting {
-    fn get(&self, key: &[u8]) -> holdfast_storage::Result<Option<Vec<u8>>> {
-        self.inner.get(key)
-    }
-    fn write(&self, batch: Batch, sync: bool) -> holdfast_storage::Result<()> {
-        let n = batch
-            .ops()
-            .iter()
-            .filter(|op| matches!(op, Op::DeleteRange(..)))
-            .count();
-        self.ranges.fetch_add(n, Ordering::Relaxed);
-        self.inner.write(batch, sync)
-    }
-    fn scan(
-        &self,
-        start: &[u8],
-        end: &[u8],
-        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> holdfast_storage::Result<()> {
-        self.inner.scan(start, end, visit)
-    }
-    fn sync(&self) -> holdfast_storage::Result<()> {
-        self.inner.sync()
-    }
-    fn snapshot(&self) -> Arc<dyn Snapshot> {
-        self.inner.snapshot()
-    }
-}
 
 /// Keys of the group's log entries in the engine.
 fn log_keys(engine: &dyn Engine) -> usize {
@@ -67,7 +33,7 @@ fn log_keys(engine: &dyn Engine) -> usize {
 
 #[test]
 fn compaction_deletes_every_entry_behind_the_kept_tail() {
-    let counting = Arc::new(Counting::default());
+    let counting = Arc::new(Watched::default());
     let engine: Arc<dyn Engine> = counting.clone();
     bootstrap(
         engine.clone(),
@@ -95,9 +61,5 @@ fn compaction_deletes_every_entry_behind_the_kept_tail() {
         );
     }
     assert!(g.status().applied >= 500);
-    assert_eq!(
-        counting.ranges.load(Ordering::Relaxed),
-        0,
-        "range deletions written"
-    );
+    assert_eq!(counting.range_deletes(), 0, "range deletions written");
 }
