@@ -591,7 +591,6 @@ impl FsMachine {
         b
     }
 
-    /// Where volume `volume`'s applied state lives in the engine.
     /// How a node's RocksDB keeps file blocks apart from everything else
     /// (`holdfast_storage::Split`): a block is written once and kept, while
     /// log entries and metadata come and go, and their flushes span the
@@ -605,6 +604,7 @@ impl FsMachine {
         range: block_family,
     };
 
+    /// Where volume `volume`'s applied state lives in the engine.
     pub fn prefix_of(volume: u64) -> Vec<u8> {
         let mut prefix = b"v/".to_vec();
         prefix.extend_from_slice(&be(volume));
