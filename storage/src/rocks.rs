@@ -185,6 +185,25 @@ fn map_err(e: rocksdb::Error) -> StorageError {
     }
 }
 
+/// Whether files in `dir` can be opened with `O_DIRECT` (not every file
+/// system takes it; RocksDB would fail each flush where it does not).
+fn direct_io_works(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    if std::fs::create_dir_all(dir).is_err() {
+        return false;
+    }
+    let probe = dir.join("DIRECT_IO_PROBE");
+    let works = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .is_ok();
+    let _ = std::fs::remove_file(&probe);
+    works
+}
+
 impl RocksEngine {
     /// Opens (creating if needed) the database in `dir`, with its keys
     /// split between two column families as `split` says (`None`: one).
@@ -206,6 +225,11 @@ impl RocksEngine {
         opts.set_enable_blob_gc(true);
         opts.set_advise_random_on_open(false);
         opts.set_write_buffer_size(memtables.bytes);
+        // Flushes and compactions write large files once, which are not
+        // read back soon: with O_DIRECT they skip the copy into the page
+        // cache, which took a tenth to a quarter of the CPU in a sequential
+        // write (BENCHMARKS.md, session 11). Reads stay buffered.
+        opts.set_use_direct_io_for_flush_and_compaction(direct_io_works(dir));
         // Bulk keys are kept: merging their memtables saves nothing.
         let bulk = opts.clone();
         opts.set_max_write_buffer_number(memtables.per_flush as i32 + 2);

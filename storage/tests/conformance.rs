@@ -141,3 +141,62 @@ fn a_database_made_without_the_split_is_refused_with_it() {
     let e = RocksEngine::open(d.path(), MEMTABLES, None).unwrap();
     assert_eq!(e.get(b"b1").unwrap().as_deref(), Some(&b"data"[..]));
 }
+
+/// Flushes write with O_DIRECT where the file system takes it (ext4
+/// here), and what they wrote reads back, before and after a reopen.
+#[test]
+fn flushed_files_are_written_with_direct_io_and_read_back() {
+    let small = Memtables {
+        bytes: 1 << 20,
+        per_flush: 1,
+    };
+    let value =
+        |i: u32, len: usize| -> Vec<u8> { (0..len).map(|j| (i as usize * 31 + j) as u8).collect() };
+    let d = tempfile::tempdir().unwrap();
+    let e = RocksEngine::open(d.path(), small, Some(SPLIT)).unwrap();
+    for i in 0..64u32 {
+        let mut b = Batch::new();
+        b.put(format!("b{i:03}").into_bytes(), value(i, 64 << 10));
+        b.put(format!("a{i:03}").into_bytes(), value(i, 40 << 10));
+        e.write(b, false).unwrap();
+    }
+    let blob_files = || {
+        std::fs::read_dir(d.path())
+            .unwrap()
+            .filter(|f| f.as_ref().unwrap().path().extension() == Some("blob".as_ref()))
+            .count()
+    };
+    for _ in 0..100 {
+        if blob_files() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(blob_files() >= 2, "memtables of 1 MiB were flushed");
+    let options = std::fs::read_dir(d.path())
+        .unwrap()
+        .map(|f| f.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("OPTIONS-")
+        })
+        .unwrap();
+    assert!(std::fs::read_to_string(options)
+        .unwrap()
+        .contains("use_direct_io_for_flush_and_compaction=true"));
+    let check = |e: &RocksEngine| {
+        for i in 0..64u32 {
+            let b = e.get(format!("b{i:03}").as_bytes()).unwrap();
+            assert_eq!(b, Some(value(i, 64 << 10)), "b{i:03}");
+            let a = e.get(format!("a{i:03}").as_bytes()).unwrap();
+            assert_eq!(a, Some(value(i, 40 << 10)), "a{i:03}");
+        }
+    };
+    check(&e);
+    e.sync().unwrap();
+    drop(e);
+    check(&RocksEngine::open(d.path(), small, Some(SPLIT)).unwrap());
+}
