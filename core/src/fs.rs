@@ -1404,6 +1404,12 @@ impl StateMachine for FsMachine {
         false
     }
 
+    /// File data is written to the write-ahead log once, in the log
+    /// entry; the blocks it becomes reach the disk when the engine flushes.
+    fn unlogged_applies(&self) -> bool {
+        true
+    }
+
     /// Pins the applied state (an engine snapshot, which costs nothing
     /// until the state moves on) and serves it page by page to a replica
     /// that catches up ([`crate::resync`]); the Raft snapshot itself only

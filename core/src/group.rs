@@ -94,6 +94,18 @@ pub trait StateMachine {
     fn sync_commit_index(&self) -> bool {
         true
     }
+    /// Whether the group writes what applying changes, and its log
+    /// compactions, without the engine's write-ahead log
+    /// ([`Engine::write_unlogged`]): a crash then takes the state back to
+    /// the applied index of the engine's last flush, and the log entries
+    /// compacted since come back with it (their appends were logged), so
+    /// the group applies them again. Each payload is then written to the
+    /// write-ahead log once, as a log entry, instead of twice. Implies
+    /// `!sync_commit_index()`; the group flushes the engine before a
+    /// snapshot replaces the state.
+    fn unlogged_applies(&self) -> bool {
+        false
+    }
     /// Events produced since the last call.
     fn take_events(&mut self) -> Vec<Self::Event>;
 }
@@ -1033,6 +1045,7 @@ impl<S: StateMachine> RaftGroup<S> {
         }
 
         let mut batch = Batch::new();
+        let unlogged = self.sm.unlogged_applies();
         // New entries, a snapshot, a term or a vote must be durable before
         // the messages that depend on them leave. A new commit index alone
         // need not be (raft-rs learns it again from the leader), unless the
@@ -1042,6 +1055,12 @@ impl<S: StateMachine> RaftGroup<S> {
             || !ready.entries().is_empty();
         if !ready.snapshot().is_empty() {
             let snap = ready.snapshot().clone();
+            if unlogged {
+                // The snapshot's changes are logged, and written over the
+                // state as it is now: that state must survive a crash
+                // with them (and the install that deletes the log).
+                self.engine.flush()?;
+            }
             self.raw
                 .mut_store()
                 .install_snapshot(snap.get_metadata(), &mut batch)?;
@@ -1054,7 +1073,11 @@ impl<S: StateMachine> RaftGroup<S> {
                 self.applied.to_be_bytes().to_vec(),
             );
         }
-        self.apply(ready.take_committed_entries(), &mut batch)?;
+        let mut applied = Batch::new();
+        self.apply(
+            ready.take_committed_entries(),
+            if unlogged { &mut applied } else { &mut batch },
+        )?;
         self.raw.mut_store().append(ready.entries(), &mut batch)?;
         if let Some(hs) = ready.hs() {
             let hs = hs.clone();
@@ -1064,6 +1087,13 @@ impl<S: StateMachine> RaftGroup<S> {
         }
         if !batch.is_empty() {
             self.engine.write(batch, sync)?;
+        }
+        // After the entries it applies (a leader may apply entries that a
+        // quorum of followers holds before it holds them itself): a flush
+        // keeps a prefix of the writes, so the applied state never
+        // survives without them.
+        if !applied.is_empty() {
+            self.engine.write_unlogged(applied)?;
         }
         self.send(ready.take_persisted_messages());
 
@@ -1076,7 +1106,9 @@ impl<S: StateMachine> RaftGroup<S> {
         }
         self.send(light.take_messages());
         self.apply(light.take_committed_entries(), &mut batch)?;
-        if !batch.is_empty() {
+        if unlogged && !batch.is_empty() {
+            self.engine.write_unlogged(batch)?;
+        } else if !batch.is_empty() {
             // Not synced: what was applied is durable in the (synced) log
             // and is applied again after a crash; the next synced write
             // (before any compaction) makes it durable too.
@@ -1201,9 +1233,16 @@ impl<S: StateMachine> RaftGroup<S> {
         }
         let mut batch = Batch::new();
         self.raw.mut_store().compact(to, &mut batch)?;
-        // Not synced: the engine keeps writes in order through a crash, so
-        // if this one survives, so do the applied entries written before it.
-        self.engine.write(batch, false)?;
+        if self.sm.unlogged_applies() {
+            // Kept by a crash only with the applied state written before
+            // it (a flush keeps a prefix), which no longer needs them.
+            self.engine.write_unlogged(batch)?;
+        } else {
+            // Not synced: the engine keeps writes in order through a
+            // crash, so if this one survives, so do the applied entries
+            // written before it.
+            self.engine.write(batch, false)?;
+        }
         Ok(())
     }
 }

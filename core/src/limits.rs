@@ -120,16 +120,19 @@ pub const FS_OP_RESULTS_BLOCK: u64 = 1024;
 /// RocksDB's background work needs room too: a flush of what its
 /// memtables hold, and a compaction.
 pub const DISK_RESERVE_BYTES: u64 = MEMTABLES.unflushed_bytes() + (128 << 20);
-/// A node's RocksDB memtables. A Raft log entry is deleted soon after it is
-/// applied, mostly within the next memtable or two; merged into one flush
-/// with the memtable where it was deleted, it never reaches a file. With
-/// one memtable per flush, a 1 GiB sequential write wrote about 3.7 GiB of
-/// blob files on each replica; with four, about 1.7 GiB (BENCHMARKS.md).
-/// File blocks have two memtables of their own (`fs::FsMachine::
-/// STORAGE_SPLIT`): up to 256 MiB of memory per node in all.
+/// A node's RocksDB memtables, two of 64 MiB in each of its two column
+/// families (file blocks, `fs::FsMachine::STORAGE_SPLIT`, and the rest):
+/// up to 256 MiB of memory per node. A volume's Raft log entry deleted
+/// (unlogged) in the memtable it was written to never reaches a file; one
+/// still alive when its memtable is flushed (entries are kept until every
+/// replica has them, and a follower learns of a commit one round late)
+/// is written to a blob file. Both families flush together, so larger
+/// memtables leave fewer of them: for a 1 GiB write, 2.6 GiB reached the
+/// disk per replica with four of 32 MiB, 2.3 GiB with two of 64 MiB
+/// (3.1 GiB before applies skipped the WAL; BENCHMARKS.md, session 12).
 pub const MEMTABLES: holdfast_storage::Memtables = holdfast_storage::Memtables {
-    bytes: 32 << 20,
-    per_flush: 4,
+    bytes: 64 << 20,
+    count: 2,
 };
 /// Free bytes above the reserve before a short node takes data again, so
 /// that it does not flap as RocksDB's files come and go.

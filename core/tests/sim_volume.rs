@@ -711,8 +711,16 @@ impl World {
         let lay = layout(appenders, keys)?;
         let replicas: Vec<u64> = (1..=n as u64).collect();
         let mut nodes = BTreeMap::new();
+        // How often an engine flushes on its own (its memtables fill):
+        // applied state and log compactions are written unlogged and
+        // survive a crash only through a flush. Not drawn from `rng`, so
+        // that the seeds of earlier runs keep their faults.
+        let flush_permille = [2, 20, 200][(seed % 3) as usize];
         for id in 1..=n as u64 + spares {
-            let engine = Arc::new(MemEngine::new());
+            let engine = Arc::new(MemEngine::with_auto_flush(
+                seed.rotate_left(17) ^ id,
+                flush_permille,
+            ));
             // Only the volume's first replicas write its first state.
             if replicas.contains(&id) {
                 bootstrap(engine.clone(), VOLUME, &replicas, lay.batch.clone())

@@ -162,6 +162,39 @@ pub fn run<H: Harness>(h: &mut H) {
             let n = collect(&e, b"h", b"i").len();
             assert!(n == 0 || n == 50, "saw {n} of 50 keys of one batch");
         }),
+        (
+            "unlogged writes are seen at once and kept through a flush",
+            |h| {
+                let e = h.open();
+                put(&e, b"a", b"logged", false);
+                let mut b = Batch::new();
+                // `b…` and `d…` are bulk keys in the split suites: both
+                // families at once.
+                b.put(b"b1".to_vec(), b"unlogged".to_vec())
+                    .put(b"c".to_vec(), b"unlogged".to_vec())
+                    .delete(b"a".to_vec());
+                e.write_unlogged(b).unwrap();
+                assert_eq!(e.get(b"a").unwrap(), None);
+                assert_eq!(
+                    collect(&e, b"a", b"z"),
+                    vec![
+                        (b"b1".to_vec(), b"unlogged".to_vec()),
+                        (b"c".to_vec(), b"unlogged".to_vec())
+                    ]
+                );
+                e.flush().unwrap();
+                put(&e, b"d1", b"logged", true);
+                let e = h.crash_and_reopen(e);
+                assert_eq!(
+                    collect(&e, b"a", b"z"),
+                    vec![
+                        (b"b1".to_vec(), b"unlogged".to_vec()),
+                        (b"c".to_vec(), b"unlogged".to_vec()),
+                        (b"d1".to_vec(), b"logged".to_vec())
+                    ]
+                );
+            },
+        ),
         ("prefix_end bounds a prefix", |_| {
             assert_eq!(prefix_end(b"ab"), Some(b"ac".to_vec()));
             assert_eq!(prefix_end(&[1, 255]), Some(vec![2]));

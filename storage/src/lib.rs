@@ -118,15 +118,28 @@ impl Batch {
 /// Contract (checked by [`conformance`]):
 /// - writes in one [`Batch`] are atomic;
 /// - a write made with `sync = true` is durable when `write` returns, and so
-///   is every write made before it;
+///   is every *logged* write ([`Engine::write`]) made before it;
 /// - a write made with `sync = false` is visible at once but may be lost by a
 ///   crash until a later synced write or [`Engine::sync`];
-/// - a crash keeps writes in order: if a write survives it, so does every
-///   write made before it (RocksDB's WAL in point-in-time recovery);
+/// - an *unlogged* write ([`Engine::write_unlogged`]) is visible at once
+///   and survives a crash only once a flush has followed it;
+/// - a flush persists every write made before it, logged or not, at once.
+///   The engine flushes on its own whenever it likes (RocksDB: when its
+///   memtables fill); [`Engine::flush`] forces one;
+/// - a crash keeps writes in order, apart from unlogged ones: what
+///   survives it is every write up to some flush (at least the last one
+///   [`Engine::flush`] returned from), and after that point the logged
+///   writes up to some point (at least the last synced one);
 /// - [`Engine::scan`] visits keys in ascending byte order.
 pub trait Engine: Send + Sync + std::fmt::Debug + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
     fn write(&self, batch: Batch, sync: bool) -> Result<()>;
+    /// Writes `batch` without the write-ahead log: it costs no log write,
+    /// and it is lost by a crash unless a flush follows it (see the
+    /// contract). For state that can be rebuilt from a log kept elsewhere.
+    fn write_unlogged(&self, batch: Batch) -> Result<()>;
+    /// Persists every earlier write, logged or not, before it returns.
+    fn flush(&self) -> Result<()>;
     /// Calls `visit` for each key in `[start, end)` in order, until it
     /// returns `false`.
     fn scan(
@@ -161,6 +174,12 @@ impl<E: Engine + ?Sized> Engine for Arc<E> {
     }
     fn write(&self, batch: Batch, sync: bool) -> Result<()> {
         (**self).write(batch, sync)
+    }
+    fn write_unlogged(&self, batch: Batch) -> Result<()> {
+        (**self).write_unlogged(batch)
+    }
+    fn flush(&self) -> Result<()> {
+        (**self).flush()
     }
     fn scan(
         &self,

@@ -11,17 +11,61 @@ type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 struct State {
     /// What readers see.
     visible: Map,
-    /// What survives a crash: the state as of the last synced write.
-    durable: Map,
-    /// Writes made since the last sync, in order.
-    unsynced: Vec<Batch>,
+    /// The state as of the last flush (and of the logged, synced writes
+    /// folded into it since, with no unlogged write before them).
+    flushed: Map,
+    /// Writes made since, in order, and whether each was logged.
+    since_flush: Vec<(Batch, bool)>,
+    /// How many of `since_flush` the last sync covers.
+    synced: usize,
     full: bool,
+    /// Seeded flushes of the engine's own: (generator state, chance in
+    /// 1,000 after each write).
+    auto_flush: Option<(u64, u32)>,
+}
+
+impl State {
+    fn flush(&mut self) {
+        for (b, _) in std::mem::take(&mut self.since_flush) {
+            apply(&mut self.flushed, &b);
+        }
+        self.synced = 0;
+    }
+
+    /// Makes the logged writes so far durable, and folds those that no
+    /// unlogged write precedes into `flushed` (which changes nothing a
+    /// crash or flush would keep, and bounds the list).
+    fn sync(&mut self) {
+        self.synced = self.since_flush.len();
+        let logged = self.since_flush.iter().take_while(|(_, l)| *l).count();
+        for (b, _) in self.since_flush.drain(..logged) {
+            apply(&mut self.flushed, &b);
+        }
+        self.synced -= logged;
+    }
+
+    /// Flushes now and then, as a real engine does when its memtables
+    /// fill: a seeded xorshift draw after each write.
+    fn maybe_flush(&mut self) {
+        let Some((mut x, permille)) = self.auto_flush else {
+            return;
+        };
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.auto_flush = Some((x, permille));
+        if x % 1000 < u64::from(permille) {
+            self.flush();
+        }
+    }
 }
 
 /// An in-memory [`Engine`] for deterministic simulation. It models what a
-/// crash does to a real engine: [`MemEngine::crash`] drops every write that
-/// was not synced. [`MemEngine::set_full`] makes writes fail as a full disk
-/// would.
+/// crash does to a real engine: [`MemEngine::crash`] keeps the state of the
+/// last flush and, after it, the logged writes up to the last sync; every
+/// other write is gone. [`MemEngine::with_auto_flush`] makes it flush on
+/// its own at seeded moments, as RocksDB does when a memtable fills.
+/// [`MemEngine::set_full`] makes writes fail as a full disk would.
 #[derive(Debug, Default)]
 pub struct MemEngine {
     state: Mutex<State>,
@@ -56,11 +100,30 @@ impl MemEngine {
         Self::default()
     }
 
-    /// Simulates a power loss: everything not yet synced is gone.
+    /// An engine that flushes on its own after a write with a chance of
+    /// `permille` in 1,000, drawn from `seed`.
+    pub fn with_auto_flush(seed: u64, permille: u32) -> Self {
+        let e = Self::default();
+        // xorshift must not start at zero.
+        e.lock().auto_flush = Some((seed | 1, permille));
+        e
+    }
+
+    /// Simulates a power loss: what survives is the state of the last
+    /// flush and the logged writes after it up to the last sync.
     pub fn crash(&self) {
         let mut s = self.lock();
-        s.unsynced.clear();
-        s.visible = s.durable.clone();
+        let synced = s.synced;
+        let mut durable = s.flushed.clone();
+        for (b, logged) in &s.since_flush[..synced] {
+            if *logged {
+                apply(&mut durable, b);
+            }
+        }
+        s.since_flush.clear();
+        s.synced = 0;
+        s.flushed = durable.clone();
+        s.visible = durable;
     }
 
     /// While `full` is set, every write fails with [`StorageError::NoSpace`].
@@ -86,13 +149,31 @@ impl Engine for MemEngine {
             return Err(StorageError::NoSpace("simulated full disk".into()));
         }
         apply(&mut s.visible, &batch);
-        s.unsynced.push(batch);
+        s.since_flush.push((batch, true));
         if sync {
-            let pending = std::mem::take(&mut s.unsynced);
-            for b in &pending {
-                apply(&mut s.durable, b);
-            }
+            s.sync();
         }
+        s.maybe_flush();
+        Ok(())
+    }
+
+    fn write_unlogged(&self, batch: Batch) -> Result<()> {
+        let mut s = self.lock();
+        if s.full {
+            return Err(StorageError::NoSpace("simulated full disk".into()));
+        }
+        apply(&mut s.visible, &batch);
+        s.since_flush.push((batch, false));
+        s.maybe_flush();
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<()> {
+        let mut s = self.lock();
+        if s.full {
+            return Err(StorageError::NoSpace("simulated full disk".into()));
+        }
+        s.flush();
         Ok(())
     }
 
@@ -115,11 +196,7 @@ impl Engine for MemEngine {
     }
 
     fn sync(&self) -> Result<()> {
-        let mut s = self.lock();
-        let pending = std::mem::take(&mut s.unsynced);
-        for b in &pending {
-            apply(&mut s.durable, b);
-        }
+        self.lock().sync();
         Ok(())
     }
 

@@ -8,21 +8,20 @@ use rocksdb::{
 
 use crate::{Batch, Engine, Op, Result, Snapshot, StorageError};
 
-/// How a [`RocksEngine`] buffers writes in memory. The default column
-/// family has memtables of `bytes`, `per_flush` of them merged into each
-/// flush and two more that take writes while a flush runs; the bulk
-/// family ([`Split`]) has two of `bytes`, flushed one at a time. The most
-/// it holds unflushed is [`Memtables::unflushed_bytes`], in memory and
-/// later on disk.
+/// How a [`RocksEngine`] buffers writes in memory: each column family has
+/// up to `count` memtables of `bytes`, one taking writes and the rest
+/// waiting for or under a flush. The most it holds unflushed is
+/// [`Memtables::unflushed_bytes`], in memory and later on disk.
 #[derive(Debug, Clone, Copy)]
 pub struct Memtables {
     pub bytes: usize,
-    pub per_flush: usize,
+    pub count: usize,
 }
 
 impl Memtables {
+    /// With both column families ([`Split`]).
     pub const fn unflushed_bytes(&self) -> u64 {
-        (self.bytes * (self.per_flush + 2 + 2)) as u64
+        (self.bytes * self.count * 2) as u64
     }
 }
 
@@ -50,11 +49,18 @@ pub struct Split {
 
 const BULK: &str = "bulk";
 
+/// Where [`Engine::flush`] has RocksDB make (and then deletes) a
+/// checkpoint, inside the database's folder so that it is hard links.
+const FLUSH_CHECKPOINT: &str = "FLUSH_CHECKPOINT";
+
 /// The production [`Engine`]: one RocksDB database in a folder.
 #[derive(Debug)]
 pub struct RocksEngine {
     db: Arc<DB>,
     split: Option<Split>,
+    dir: std::path::PathBuf,
+    /// One flush at a time (they share [`FLUSH_CHECKPOINT`]).
+    flushing: std::sync::Mutex<()>,
 }
 
 /// The column family of `key` (`None`: the default one).
@@ -225,15 +231,19 @@ impl RocksEngine {
         opts.set_enable_blob_gc(true);
         opts.set_advise_random_on_open(false);
         opts.set_write_buffer_size(memtables.bytes);
+        opts.set_max_write_buffer_number(memtables.count as i32);
+        // Unlogged writes (`Engine::write_unlogged`) are kept by a crash
+        // only through a flush, and a flush must then keep a prefix of all
+        // writes: every column family is flushed at the same point and
+        // committed together (RocksDB's atomic flush, made for writes
+        // without the WAL over several column families).
+        opts.set_atomic_flush(true);
         // Flushes and compactions write large files once, which are not
         // read back soon: with O_DIRECT they skip the copy into the page
         // cache, which took a tenth to a quarter of the CPU in a sequential
         // write (BENCHMARKS.md, session 11). Reads stay buffered.
         opts.set_use_direct_io_for_flush_and_compaction(direct_io_works(dir));
-        // Bulk keys are kept: merging their memtables saves nothing.
         let bulk = opts.clone();
-        opts.set_max_write_buffer_number(memtables.per_flush as i32 + 2);
-        opts.set_min_write_buffer_number_to_merge(memtables.per_flush as i32);
         let mut cfs = vec![ColumnFamilyDescriptor::new("default", opts.clone())];
         if split.is_some() {
             // A database made without the split holds its bulk keys in the
@@ -250,23 +260,17 @@ impl RocksEngine {
             cfs.push(ColumnFamilyDescriptor::new(BULK, bulk));
         }
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(map_err)?;
+        // A flush cut short by a crash may have left its checkpoint.
+        let _ = std::fs::remove_dir_all(dir.join(FLUSH_CHECKPOINT));
         Ok(Self {
             db: Arc::new(db),
             split,
+            dir: dir.to_path_buf(),
+            flushing: std::sync::Mutex::new(()),
         })
     }
-}
 
-impl Engine for RocksEngine {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        match family_of(&self.db, self.split, key) {
-            Some(cf) => self.db.get_cf(cf, key),
-            None => self.db.get(key),
-        }
-        .map_err(map_err)
-    }
-
-    fn write(&self, batch: Batch, sync: bool) -> Result<()> {
+    fn batch(&self, batch: &Batch) -> WriteBatch {
         let mut wb = WriteBatch::default();
         for op in batch.ops() {
             match op {
@@ -289,9 +293,43 @@ impl Engine for RocksEngine {
                 Op::DeleteRange(..) => {}
             }
         }
+        wb
+    }
+}
+
+impl Engine for RocksEngine {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match family_of(&self.db, self.split, key) {
+            Some(cf) => self.db.get_cf(cf, key),
+            None => self.db.get(key),
+        }
+        .map_err(map_err)
+    }
+
+    fn write(&self, batch: Batch, sync: bool) -> Result<()> {
         let mut wo = WriteOptions::default();
         wo.set_sync(sync);
-        self.db.write_opt(wb, &wo).map_err(map_err)
+        self.db.write_opt(self.batch(&batch), &wo).map_err(map_err)
+    }
+
+    fn write_unlogged(&self, batch: Batch) -> Result<()> {
+        let mut wo = WriteOptions::default();
+        wo.disable_wal(true);
+        self.db.write_opt(self.batch(&batch), &wo).map_err(map_err)
+    }
+
+    /// RocksDB 7.8 flushes only the column family it is asked to, even
+    /// with atomic flush; a checkpoint flushes all of them atomically
+    /// first (`GetLiveFiles` with a flush). The checkpoint itself is hard
+    /// links and a copy of the small MANIFEST, deleted at once.
+    fn flush(&self) -> Result<()> {
+        let _one = self.flushing.lock().unwrap_or_else(|e| e.into_inner());
+        let at = self.dir.join(FLUSH_CHECKPOINT);
+        let _ = std::fs::remove_dir_all(&at);
+        rocksdb::checkpoint::Checkpoint::new(&self.db)
+            .and_then(|c| c.create_checkpoint(&at))
+            .map_err(map_err)?;
+        std::fs::remove_dir_all(&at).map_err(|e| StorageError::Io(format!("{}: {e}", at.display())))
     }
 
     fn scan(

@@ -5,10 +5,10 @@ use holdfast_storage::{
     Batch, Engine, Family, MemEngine, Memtables, RocksEngine, Split, StorageError,
 };
 
-/// As in production (`holdfast_core::limits::MEMTABLES`): merged flushes.
+/// As in production (`holdfast_core::limits::MEMTABLES`).
 const MEMTABLES: Memtables = Memtables {
     bytes: 32 << 20,
-    per_flush: 4,
+    count: 4,
 };
 
 /// Keys starting with `b` or `d` live in the bulk column family, so that
@@ -74,6 +74,96 @@ fn mem_engine_crash_drops_unsynced_writes() {
     e.write(b, false).unwrap();
     e.crash();
     assert_eq!(e.get(b"gone").unwrap(), None);
+}
+
+/// What a crash keeps: the last flush, and the logged writes after it up
+/// to the last sync, never an unlogged write that no flush followed.
+#[test]
+fn mem_engine_crash_keeps_the_last_flush_and_the_synced_log_after_it() {
+    let put = |e: &MemEngine, k: &str, logged: bool| {
+        let mut b = Batch::new();
+        b.put(k.as_bytes().to_vec(), b"v".to_vec());
+        if logged {
+            e.write(b, false).unwrap()
+        } else {
+            e.write_unlogged(b).unwrap()
+        }
+    };
+    let e = MemEngine::new();
+    put(&e, "flushed", false);
+    e.flush().unwrap();
+    put(&e, "unlogged", false);
+    put(&e, "logged", true);
+    e.sync().unwrap();
+    put(&e, "unsynced", true);
+    e.crash();
+    let keys = |e: &MemEngine| {
+        let mut keys = Vec::new();
+        e.scan(b"a", b"z", &mut |k, _| {
+            keys.push(String::from_utf8(k.to_vec()).unwrap());
+            true
+        })
+        .unwrap();
+        keys
+    };
+    assert_eq!(keys(&e), ["flushed", "logged"]);
+    // An engine that flushes after every write keeps everything written.
+    let e = MemEngine::with_auto_flush(7, 1000);
+    put(&e, "unlogged", false);
+    e.crash();
+    assert_eq!(keys(&e), ["unlogged"]);
+}
+
+/// A real crash: the writing process ends without closing the database.
+/// Unlogged writes after the last flush are gone (in both column
+/// families); what the flush persisted and the synced logged write after
+/// it are kept.
+#[test]
+fn rocks_engine_crash_loses_only_unflushed_unlogged_writes() {
+    const CHILD: &str = "HOLDFAST_STORAGE_CRASH_CHILD";
+    let write = |e: &RocksEngine, keys: &[&str], logged: bool| {
+        let mut b = Batch::new();
+        for k in keys {
+            b.put(k.as_bytes().to_vec(), k.as_bytes().to_vec());
+        }
+        if logged {
+            e.write(b, true).unwrap()
+        } else {
+            e.write_unlogged(b).unwrap()
+        }
+    };
+    if let Some(dir) = std::env::var_os(CHILD) {
+        let e = RocksEngine::open(dir.as_ref(), MEMTABLES, Some(SPLIT)).unwrap();
+        write(&e, &["a-flushed", "b-flushed"], false);
+        e.flush().unwrap();
+        write(&e, &["a-lost", "b-lost"], false);
+        write(&e, &["c-logged"], true);
+        // Ends the process as a crash would: no destructor of ours runs,
+        // so the database is not closed (a close flushes).
+        std::process::exit(42);
+    }
+    let d = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "rocks_engine_crash_loses_only_unflushed_unlogged_writes",
+        ])
+        .env(CHILD, d.path())
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(42), "the writer crashed as planned");
+    let e = RocksEngine::open(d.path(), MEMTABLES, Some(SPLIT)).unwrap();
+    let mut keys = Vec::new();
+    e.scan(b"a", b"z", &mut |k, _| {
+        keys.push(String::from_utf8(k.to_vec()).unwrap());
+        true
+    })
+    .unwrap();
+    assert_eq!(keys, ["a-flushed", "b-flushed", "c-logged"]);
+    assert!(
+        !d.path().join("FLUSH_CHECKPOINT").exists(),
+        "the flush's checkpoint is deleted"
+    );
 }
 
 #[test]
@@ -148,7 +238,7 @@ fn a_database_made_without_the_split_is_refused_with_it() {
 fn flushed_files_are_written_with_direct_io_and_read_back() {
     let small = Memtables {
         bytes: 1 << 20,
-        per_flush: 1,
+        count: 2,
     };
     let value =
         |i: u32, len: usize| -> Vec<u8> { (0..len).map(|j| (i as usize * 31 + j) as u8).collect() };

@@ -32,7 +32,7 @@ fn the_hardware_crc_matches_librocksdb_and_the_standard() {
         dir.path(),
         holdfast_storage::Memtables {
             bytes: 4 << 20,
-            per_flush: 1,
+            count: 2,
         },
         None,
     )

@@ -32,6 +32,14 @@ impl Watched {
     pub fn range_deletes(&self) -> usize {
         self.range_deletes.load(Ordering::Relaxed)
     }
+    fn count_range_deletes(&self, batch: &Batch) {
+        let n = batch
+            .ops()
+            .iter()
+            .filter(|op| matches!(op, Op::DeleteRange(..)))
+            .count();
+        self.range_deletes.fetch_add(n, Ordering::Relaxed);
+    }
     fn count(&self, key: &[u8]) {
         if !self.watch.is_empty() && key.starts_with(&self.watch) {
             self.reads.fetch_add(1, Ordering::Relaxed);
@@ -45,13 +53,15 @@ impl Engine for Watched {
         self.inner.get(key)
     }
     fn write(&self, batch: Batch, sync: bool) -> holdfast_storage::Result<()> {
-        let n = batch
-            .ops()
-            .iter()
-            .filter(|op| matches!(op, Op::DeleteRange(..)))
-            .count();
-        self.range_deletes.fetch_add(n, Ordering::Relaxed);
+        self.count_range_deletes(&batch);
         self.inner.write(batch, sync)
+    }
+    fn write_unlogged(&self, batch: Batch) -> holdfast_storage::Result<()> {
+        self.count_range_deletes(&batch);
+        self.inner.write_unlogged(batch)
+    }
+    fn flush(&self) -> holdfast_storage::Result<()> {
+        self.inner.flush()
     }
     fn scan(
         &self,
